@@ -1,0 +1,157 @@
+"""From RunSpecs to stored results: grouping, source models, pairing, failures.
+
+Runs are grouped by (task variant, seed). A group draws its data and trains its source model
+once, then runs every strategy of the group against that one source model. Inside a group
+every strategy gets the same target data and the same fresh target initialisation (the same
+(seed, role) streams), so "strategy minus scratch" is a paired difference per seed.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+
+from .api import PlanContext, RunResult, RunSpec, Split, Strategy, Task, TaskData, TransferPlan
+from .errors import PtbenchError
+from .rng import RandomStreams
+from .train import Diverged, RunTimeout, accuracy, train
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PtbenchError("--device cuda was asked for but this torch sees no CUDA device; use --device cpu or auto")
+        return name
+    raise PtbenchError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+
+
+@dataclass
+class Group:
+    """The runs that share one source model: one task variant, one seed."""
+
+    task: Task
+    seed: int
+    strategies: list[Strategy] = field(default_factory=list)
+    specs: list[RunSpec] = field(default_factory=list)
+
+
+def group_specs(specs: Iterable[RunSpec]) -> list[Group]:
+    groups: "OrderedDict[tuple[str, int], Group]" = OrderedDict()
+    for spec in specs:
+        group = groups.setdefault((spec.task.key, spec.seed), Group(spec.task, spec.seed))
+        group.strategies.append(spec.strategy)
+        group.specs.append(spec)
+    return list(groups.values())
+
+
+def _error_text(err: BaseException) -> str:
+    last = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
+    where = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
+    return f"{type(err).__name__}: {err}{where}"
+
+
+def train_donor(task: Task, role: str, data: TaskData, streams: RandomStreams, device: str, init_role: str) -> tuple[torch.nn.Module, float, float]:
+    """A model trained on one side's data: returns (model, test accuracy, seconds)."""
+    start = time.perf_counter()
+    model = task.model(role, streams.torch(init_role)).to(device)
+    budget = task.budget(role)
+    train(model, data.train, budget, streams.torch(f"{init_role}-batches"))
+    seconds = time.perf_counter() - start
+    return model, accuracy(model, data.test, budget.loss), seconds
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _unchanged(model: torch.nn.Module, snapshot: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(p.detach(), snapshot[n]) for n, p in model.named_parameters())
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Harness settings that are not part of a run's identity."""
+
+    device: str = "cpu"
+    timeout: float | None = None  # seconds per target run (the source model has its own)
+
+
+def run_group(group: Group, options: RunOptions) -> Iterator[RunResult]:
+    """Train the group's source model, then every strategy's target model; yield each result
+    as soon as it exists, so that a crash loses at most the run in progress."""
+    device = options.device
+    task, streams = group.task, RandomStreams(group.seed)
+    try:
+        source_data = task.data("source", streams).to(device)
+        target_data = task.data("target", streams).to(device)
+        source, source_acc, source_seconds = train_donor(task, "source", source_data, streams, device, "source-init")
+        donors = {"source": source}
+        if any(s.donor == "target" for s in group.strategies):
+            donors["target"], _, _ = train_donor(task, "target", target_data, streams, device, "selffer-init")
+    except Exception as err:  # the whole group fails, visibly, and the sweep goes on
+        status = "diverged" if isinstance(err, Diverged) else "failed"
+        for spec in group.specs:
+            yield RunResult.for_spec(spec, status=status, error=f"source model: {_error_text(err)}", device=device)
+        return
+    budget = task.budget("target")
+    for spec in group.specs:
+        yield run_one(spec, task, streams, donors, target_data, budget, source_acc, source_seconds, options)
+
+
+def run_one(spec, task, streams, donors, target_data, budget, source_acc, source_seconds, options: RunOptions) -> RunResult:
+    device = options.device
+    strategy = spec.strategy
+    common = dict(source_acc=source_acc, source_seconds=source_seconds, device=device)
+    if strategy.donor not in donors:
+        return RunResult.for_spec(spec, status="failed", error=f"unknown donor {strategy.donor!r}; use 'source' or 'target'", **common)
+    donor = donors[strategy.donor]
+    before = _snapshot(donor)
+    try:
+        start = time.perf_counter()
+        deadline = time.monotonic() + options.timeout if options.timeout else None
+        target = task.model("target", streams.torch("target-init")).to(device)
+        context = PlanContext(
+            train_data=target_data.train,
+            budget=budget,
+            task=task,
+            streams=streams,
+            device=device,
+            train=lambda model, split, plan: train(model, split, budget, streams.torch("plan-batches"), plan, deadline=deadline),
+            evaluate=lambda model, split: accuracy(model, split, budget.loss),
+        )
+        plan = strategy.plan_with_data(donor, target, streams.torch("plan"), context)
+        plan.check_against(target)
+        plan.apply(donor, target)
+        reference = _snapshot(donor) if strategy.customises_training() else None
+        train(target, target_data.train, budget, streams.torch("target-batches"), plan, strategy, reference, deadline=deadline)
+        seconds = time.perf_counter() - start
+        if not _unchanged(donor, before):
+            raise RuntimeError(f"strategy {strategy.instance_name} modified the {strategy.donor} model it inherits from")
+        return RunResult.for_spec(
+            spec,
+            target_acc=accuracy(target, target_data.test, budget.loss),
+            target_train_acc=accuracy(target, target_data.train, budget.loss),
+            target_seconds=seconds,
+            diagnostics=task.diagnostics(target, target_data, plan),
+            **common,
+        )
+    except Diverged as err:
+        return RunResult.for_spec(spec, status="diverged", error=str(err), **common)
+    except RunTimeout as err:
+        return RunResult.for_spec(spec, status="timeout", error=str(err), **common)
+    except Exception as err:
+        return RunResult.for_spec(spec, status="failed", error=_error_text(err), **common)
+    finally:
+        if not _unchanged(donor, before):  # never let one strategy's damage reach the next
+            with torch.no_grad():
+                for n, p in donor.named_parameters():
+                    p.copy_(before[n])

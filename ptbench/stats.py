@@ -1,0 +1,127 @@
+"""Confidence intervals, paired differences to the baseline, negative-transfer incidence, ranks.
+
+Seeds are the unit of replication: every interval here is over seeds. Differences to the
+baseline are paired by seed (the harness gives both the same data and initialisation), which
+removes the seed-to-seed variation both share and makes small effects visible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# Two-sided 95% Student-t quantiles, df = 1..30; beyond that a Cornish-Fisher expansion
+# around the normal quantile is accurate to 1e-4 (and keeps scipy out of the dependencies).
+_T975 = [
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+]
+Z975 = 1.959964
+
+
+def t_quantile_975(df: int) -> float:
+    if df < 1:
+        return math.nan
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = Z975
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def fmt(self, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
+        if self.n == 0 or math.isnan(self.mean):
+            return "n/a"
+        sign = "+" if signed else ""
+        mean = f"{self.mean * scale:{sign}.{digits}f}"
+        if self.n < 2:
+            return mean
+        return f"{mean} [{self.low * scale:{sign}.{digits}f}, {self.high * scale:{sign}.{digits}f}]"
+
+
+def mean_ci(values) -> Interval:
+    """Mean and 95% t interval over seeds."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if n == 1:
+        return Interval(mean, mean, mean, 1)
+    half = t_quantile_975(n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def wilson(k: int, n: int) -> Interval:
+    """Wilson score interval for a proportion: sane at 0/n and n/n, unlike the normal one."""
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    p = k / n
+    z = Z975
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def paired_to_baseline(runs: pd.DataFrame, baseline: str, metric: str = "target_acc") -> pd.DataFrame:
+    """Add `baseline_acc` and `delta` (metric minus the baseline's, same task and seed).
+
+    `runs` holds ok runs with columns task, strategy, seed and the metric. The baseline is
+    matched by strategy name without parameters (`scratch` matches `scratch`), and a run
+    without a baseline run of the same seed gets NaN.
+    """
+    base_name = runs["strategy"].str.split("[", n=1).str[0]
+    base = runs[base_name == baseline][["task", "seed", metric]].rename(columns={metric: "baseline_acc"})
+    base = base.drop_duplicates(["task", "seed"])
+    merged = runs.merge(base, on=["task", "seed"], how="left")
+    merged["delta"] = merged[metric] - merged["baseline_acc"]
+    return merged
+
+
+def summarize(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """One row per (task, strategy): accuracy, paired delta, incidence, seconds, seeds."""
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    paired = paired_to_baseline(ok, baseline)
+    rows = []
+    for (task, strategy), g in paired.groupby(["task", "strategy"], sort=False):
+        deltas = g["delta"].dropna()
+        worse = int((deltas < 0).sum())
+        rows.append(
+            {
+                "task": task,
+                "strategy": strategy,
+                "acc": mean_ci(g["target_acc"]),
+                "delta": mean_ci(deltas),
+                "negative": wilson(worse, len(deltas)),
+                "negative_k": worse,
+                "gap": mean_ci(-deltas),  # Wang et al.: error with source - error without
+                "source_acc": mean_ci(g["source_acc"]),
+                "seconds": float(g["target_seconds"].mean()),
+                "seeds": int(g["seed"].nunique()),
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["acc_mean"] = table["acc"].map(lambda i: i.mean)
+    table["rank"] = table.groupby("task")["acc_mean"].rank(ascending=False, method="average")
+    return table
+
+
+def overall_ranks(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean rank over tasks (1 is best), with how many tasks each strategy ran on."""
+    if table.empty:
+        return pd.DataFrame(columns=["strategy", "mean_rank", "tasks"])
+    out = table.groupby("strategy").agg(mean_rank=("rank", "mean"), tasks=("task", "nunique")).reset_index()
+    return out.sort_values(["mean_rank", "strategy"]).reset_index(drop=True)
