@@ -263,8 +263,14 @@ class Task(Parametrized):
         raise NotImplementedError
 
     def diagnostics(self, model: nn.Module, data: TaskData, plan: "TransferPlan | None") -> dict[str, Any]:
-        """Task-specific measurements of a trained model, stored with the run (optional)."""
+        """Task-specific measurements of a model (numbers only), stored with the run: the
+        harness calls it after source training and after target training (optional)."""
         return {}
+
+    def trace_every(self) -> int:
+        """Record `diagnostics` every this many training steps as a trajectory (0: never).
+        Tracing costs time, so tasks turn it on only where plots need it."""
+        return 0
 
 
 class Strategy(Parametrized):
@@ -300,6 +306,12 @@ class Strategy(Parametrized):
     def phases(self, steps: int, plan: TransferPlan, model: TransferModel) -> list[tuple[int, dict[str, torch.Tensor]]]:
         """Training as (steps, freeze masks) phases; the default is one phase under the plan."""
         return [(steps, plan.freeze)]
+
+    @classmethod
+    def leaderboard_section(cls, summary: "Any") -> str | None:
+        """Extra markdown for the leaderboard when this strategy has results (optional).
+        `summary` is `ptbench.stats.summarize`'s table over all tasks and strategies."""
+        return None
 
     @classmethod
     def customises_training(cls) -> bool:

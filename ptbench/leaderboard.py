@@ -8,10 +8,12 @@ difference, not about two overlapping accuracy intervals.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
 
 import pandas as pd
 from tabulate import tabulate
 
+from .errors import PtbenchError
 from .stats import overall_ranks, summarize
 
 HEADERS = [
@@ -51,7 +53,14 @@ def failures_table(runs: pd.DataFrame) -> str:
     return tabulate(body, headers=["task", "strategy", "seed", "status", "error"], tablefmt="pipe", disable_numparse=True)
 
 
-def render(runs: pd.DataFrame, baseline: str = "scratch", title: str = "ptbench leaderboard") -> str:
+def render(
+    runs: pd.DataFrame,
+    baseline: str = "scratch",
+    title: str = "ptbench leaderboard",
+    sections: Sequence[Callable[[pd.DataFrame], str | None]] = (),
+) -> str:
+    """The whole leaderboard page. `sections` are extra renderers (a strategy's
+    `leaderboard_section`, say) given the summary table; those returning None are skipped."""
     lines = [f"# {title}", ""]
     if runs.empty:
         return "\n".join(lines + ["No runs in the store yet: `python -m ptbench run`.", ""])
@@ -83,14 +92,28 @@ def render(runs: pd.DataFrame, baseline: str = "scratch", title: str = "ptbench 
         lines.append("")
         for task, rows in table.groupby("task", sort=True):
             lines += [f"## `{task}`", "", task_table(rows, baseline), ""]
+        for section in sections:
+            text = section(table)
+            if text:
+                lines += [text.rstrip(), ""]
     if (runs["status"] != "ok").any():
         lines += ["## Failed runs", "", failures_table(runs), ""]
     return "\n".join(lines)
 
 
-def write(runs: pd.DataFrame, out_dir: str | Path, baseline: str = "scratch") -> Path:
+def strategy_sections(registry, runs: pd.DataFrame) -> list[Callable[[pd.DataFrame], str | None]]:
+    """The `leaderboard_section` hooks of the registered strategies that have runs."""
+    present = set(runs["strategy"].str.split("[", n=1).str[0]) if not runs.empty else set()
+    return [cls.leaderboard_section for name, cls in sorted(registry.strategies.items()) if name in present]
+
+
+def write(runs: pd.DataFrame, out_dir: str | Path, baseline: str = "scratch", registry=None) -> Path:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PtbenchError(f"cannot create the leaderboard folder {str(out)!r}: {err.strerror}") from None
     path = out / "README.md"
-    path.write_text(render(runs, baseline))
+    sections = strategy_sections(registry, runs) if registry is not None else []
+    path.write_text(render(runs, baseline, sections=sections))
     return path

@@ -59,14 +59,50 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}{where}"
 
 
-def train_donor(task: Task, role: str, data: TaskData, streams: RandomStreams, device: str, init_role: str) -> tuple[torch.nn.Module, float, float]:
-    """A model trained on one side's data: returns (model, test accuracy, seconds)."""
+@dataclass
+class Trained:
+    """A model trained on one side's data, with what the store keeps about it."""
+
+    model: torch.nn.Module
+    test_acc: float
+    seconds: float
+    diagnostics: dict
+    trajectory: list
+
+
+def tracer(task: Task, data: TaskData, plan) -> tuple[list, object]:
+    """(trajectory list, observer) recording task diagnostics during training, or ([], None)."""
+    trajectory: list = []
+    if task.trace_every() <= 0:
+        return trajectory, None
+
+    def observe(step: int, model: torch.nn.Module) -> None:
+        trajectory.append({"step": step, **task.diagnostics(model, data, plan)})
+
+    return trajectory, observe
+
+
+def train_donor(task: Task, role: str, data: TaskData, streams: RandomStreams, device: str, init_role: str) -> Trained:
+    """Train a fresh model on one side's data (the source model, or the selffer donor)."""
     start = time.perf_counter()
     model = task.model(role, streams.torch(init_role)).to(device)
     budget = task.budget(role)
-    train(model, data.train, budget, streams.torch(f"{init_role}-batches"))
+    trajectory, observer = tracer(task, data, None)
+    train(model, data.train, budget, streams.torch(f"{init_role}-batches"), observer=observer, observe_every=max(task.trace_every(), 1))
     seconds = time.perf_counter() - start
-    return model, accuracy(model, data.test, budget.loss), seconds
+    return Trained(model, accuracy(model, data.test, budget.loss), seconds, task.diagnostics(model, data, None), trajectory)
+
+
+def _diagnostics(source: Trained, target: dict, target_trajectory: list) -> dict:
+    """The stored diagnostics: {"source": ..., "target": ...} and trajectories when traced."""
+    out: dict = {}
+    if source.diagnostics:
+        out["source"] = source.diagnostics
+    if target:
+        out["target"] = target
+    if source.trajectory or target_trajectory:
+        out["trajectory"] = {"source": source.trajectory, "target": target_trajectory}
+    return out
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -93,10 +129,12 @@ def run_group(group: Group, options: RunOptions) -> Iterator[RunResult]:
     try:
         source_data = task.data("source", streams).to(device)
         target_data = task.data("target", streams).to(device)
-        source, source_acc, source_seconds = train_donor(task, "source", source_data, streams, device, "source-init")
-        donors = {"source": source}
+        source = train_donor(task, "source", source_data, streams, device, "source-init")
+        donors = {"source": source.model}
         if any(s.donor == "target" for s in group.strategies):
-            donors["target"], _, _ = train_donor(task, "target", target_data, streams, device, "selffer-init")
+            donors["target"] = train_donor(task, "target", target_data, streams, device, "selffer-init").model
+    except PtbenchError:
+        raise  # a user's mistake (missing data files, say) stops the sweep with its message
     except Exception as err:  # the whole group fails, visibly, and the sweep goes on
         status = "diverged" if isinstance(err, Diverged) else "failed"
         for spec in group.specs:
@@ -104,13 +142,13 @@ def run_group(group: Group, options: RunOptions) -> Iterator[RunResult]:
         return
     budget = task.budget("target")
     for spec in group.specs:
-        yield run_one(spec, task, streams, donors, target_data, budget, source_acc, source_seconds, options)
+        yield run_one(spec, task, streams, donors, target_data, budget, source, options)
 
 
-def run_one(spec, task, streams, donors, target_data, budget, source_acc, source_seconds, options: RunOptions) -> RunResult:
+def run_one(spec, task, streams, donors, target_data, budget, source: Trained, options: RunOptions) -> RunResult:
     device = options.device
     strategy = spec.strategy
-    common = dict(source_acc=source_acc, source_seconds=source_seconds, device=device)
+    common = dict(source_acc=source.test_acc, source_seconds=source.seconds, device=device)
     if strategy.donor not in donors:
         return RunResult.for_spec(spec, status="failed", error=f"unknown donor {strategy.donor!r}; use 'source' or 'target'", **common)
     donor = donors[strategy.donor]
@@ -132,7 +170,11 @@ def run_one(spec, task, streams, donors, target_data, budget, source_acc, source
         plan.check_against(target)
         plan.apply(donor, target)
         reference = _snapshot(donor) if strategy.customises_training() else None
-        train(target, target_data.train, budget, streams.torch("target-batches"), plan, strategy, reference, deadline=deadline)
+        trajectory, observer = tracer(task, target_data, plan)
+        train(
+            target, target_data.train, budget, streams.torch("target-batches"), plan, strategy, reference,
+            deadline=deadline, observer=observer, observe_every=max(task.trace_every(), 1),
+        )
         seconds = time.perf_counter() - start
         if not _unchanged(donor, before):
             raise RuntimeError(f"strategy {strategy.instance_name} modified the {strategy.donor} model it inherits from")
@@ -141,7 +183,7 @@ def run_one(spec, task, streams, donors, target_data, budget, source_acc, source
             target_acc=accuracy(target, target_data.test, budget.loss),
             target_train_acc=accuracy(target, target_data.train, budget.loss),
             target_seconds=seconds,
-            diagnostics=task.diagnostics(target, target_data, plan),
+            diagnostics=_diagnostics(source, task.diagnostics(target, target_data, plan), trajectory),
             **common,
         )
     except Diverged as err:

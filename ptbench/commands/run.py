@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         report = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet)
         if not args.no_leaderboard:
-            path = write_leaderboard(store.frame(), args.leaderboard, suite.baseline)
+            path = write_leaderboard(store.frame(), args.leaderboard, suite.baseline, registry)
             print(f"leaderboard: {path}", file=sys.stderr)
     finally:
         store.close()
