@@ -16,12 +16,15 @@ numbers in leaderboard/README.md):
   sigma_1^4 d (benign). The target has only 20 examples at noise 1.0: n_2 |mu|^4 is below
   sigma_2^4 d, so from scratch the target model memorises noise and generalises poorly,
   while inherited filters already point along u and carry the target.
-* `negative`: |u| = 0.3 is tiny and the tasks are told apart by their specific signals
-  (|v| = 2). The source has 40 examples at noise 2.0, so the source model's filters grow
-  large mostly by memorising source noise (n_1 |mu|^4 << sigma_1^4 d) and carry little u.
-  The target itself is easy (300 examples, noise 1.0). Inherited filters start large and
-  noisy: their ReLU responses to fresh target noise swamp the small v_2 signal the target
-  must learn, and frozen ones never recover; scratch starts from sigma0 = 0.01 and wins.
+* `negative`: |u| = 0.2 is tiny, and the source is told apart by a strong specific signal
+  (|v_1| = 3) learned from 400 examples at noise 0.5 (benign: the source model is perfect on
+  its own task). Its filters are therefore large and point along v_1. The target's noise
+  is orthogonal to u and v_2 but *not* to v_1, so on target data an inherited filter
+  w ~ c v_1 fires ReLU(c <v_1, xi>): large responses to pure noise that compete with the
+  weaker target signal (|v_2| = 1.5, 100 examples). Fine-tuning has to unlearn them first
+  and, within the same budget, ends below scratch (which starts at sigma0 = 0.01); frozen
+  inherited filters never unlearn them. This is the paper's mechanism for negative transfer:
+  with a weak shared signal, inherited filters amplify what the tasks do not share.
 """
 
 from __future__ import annotations
