@@ -98,6 +98,8 @@ class Parametrized:
 
     name: ClassVar[str] = ""
     params: ClassVar[dict[str, list[Any]]] = {}
+    #: Types of parameters whose default is None (the default cannot tell): {"key": float}.
+    param_types: ClassVar[dict[str, type]] = {}
 
     def __init__(self, **values: Any):
         cls = type(self)
@@ -111,7 +113,7 @@ class Parametrized:
         self._values: dict[str, Any] = {}
         for key, grid in cls.params.items():
             value = values[key] if key in values else grid[0]
-            value = _coerce(cls.name, key, value, grid[0])
+            value = _coerce(cls.name, key, value, grid[0] if grid[0] is not None else cls.param_types.get(key, type(None))())
             self._values[key] = value
             setattr(self, key, value)
         try:
@@ -165,6 +167,9 @@ def _coerce(plugin: str, key: str, value: Any, default: Any) -> Any:
     """Give a value the type of the parameter's default, or say what was expected."""
     if default is None or value is None:
         return value
+    if isinstance(default, float) and isinstance(value, float) and value != value:
+        # NaN passes every range check a plugin writes (each comparison is False)
+        raise PtbenchError(f"{plugin}: parameter {key!r} is NaN; give a number (like {format_value(default)})")
     expected = type(default)
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value

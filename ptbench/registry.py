@@ -24,6 +24,15 @@ from .errors import PtbenchError, closest
 KINDS = {"tasks": Task, "strategies": Strategy}
 
 
+def plugin_module_name(path: str | Path) -> str:
+    """The module name a plugin file is imported under: the same in every process (worker
+    processes and dask workers unpickle plugin classes by this name), unlike hash()."""
+    import hashlib
+
+    path = Path(path)
+    return f"ptbench_plugin_{path.stem}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]}"
+
+
 class Registry:
     """Name -> class for tasks and strategies, plus where each came from."""
 
@@ -80,8 +89,8 @@ class Registry:
         """Import a single plugin file by path; returns how many plugins it defined."""
         path = Path(path)
         if not path.is_file():
-            raise PtbenchError(f"plugin file {str(path)!r} does not exist")
-        module_name = f"ptbench_plugin_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
+            raise PtbenchError(f"plugin file {str(path)!r} does not exist; pass the path of a .py file defining a Task or Strategy")
+        module_name = plugin_module_name(path)
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
             raise PtbenchError(f"plugin file {str(path)!r} is not a Python module")

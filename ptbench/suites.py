@@ -3,6 +3,7 @@
     description = "what this suite is for"
     seeds = 5
     baseline = "scratch"            # what paired differences are taken against
+    report = "module:function"      # optional: writes extra pages next to the leaderboard
 
     [[sweep]]                       # one or more; every task x every strategy x every seed
     tasks = ["signal-noise[shared=2.0]"]
@@ -28,7 +29,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = {"description", "seeds", "baseline", "sweep", "tasks", "strategies"}
+TOP_KEYS = {"description", "seeds", "baseline", "report", "sweep", "tasks", "strategies"}
 SWEEP_KEYS = {"tasks", "strategies", "seeds"}
 
 
@@ -46,6 +47,7 @@ class Suite:
     seeds: int = 5
     baseline: str = "scratch"
     sweeps: list[Sweep] = field(default_factory=list)
+    report: str | None = None  # "module:function" (see ptbench.report)
 
 
 def suites_dir() -> Path:
@@ -103,11 +105,18 @@ def parse_suite(raw: dict, name: str, where: str) -> Suite:
             if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
                 raise PtbenchError(f"suite {where!r}: sweep {i + 1} needs {key} = a non-empty list of SPEC strings")
         sweep_seeds = item.get("seeds")
-        if sweep_seeds is not None and (not isinstance(sweep_seeds, int) or sweep_seeds < 1):
+        if sweep_seeds is not None and (not isinstance(sweep_seeds, int) or isinstance(sweep_seeds, bool) or sweep_seeds < 1):
             raise PtbenchError(f"suite {where!r}: sweep {i + 1} seeds must be a positive integer")
         sweeps.append(Sweep(list(item["tasks"]), list(item["strategies"]), sweep_seeds))
     baseline = raw.get("baseline", "scratch")
-    return Suite(name=name, description=str(raw.get("description", "")), seeds=seeds, baseline=baseline, sweeps=sweeps)
+    if not isinstance(baseline, str) or not baseline:
+        raise PtbenchError(f"suite {where!r}: baseline must be a strategy name such as \"scratch\", got {baseline!r}")
+    report = raw.get("report")
+    if report is not None and (not isinstance(report, str) or ":" not in report):
+        raise PtbenchError(f"suite {where!r}: report must be a string 'module:function', got {report!r}")
+    return Suite(
+        name=name, description=str(raw.get("description", "")), seeds=seeds, baseline=baseline, sweeps=sweeps, report=report
+    )
 
 
 def expand_task_specs(registry: Registry, specs: list[str]) -> list[Task]:

@@ -6,13 +6,17 @@ reporting can change without touching training, and the other way round.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 from tqdm import tqdm
 
-from .api import RunSpec
+from .api import RunResult, RunSpec
 from .executors import Executor, LocalExecutor
 from .runner import RunOptions, group_specs
 from .store import Store
@@ -38,12 +42,50 @@ class SweepReport:
         return ", ".join(parts)
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep, carrying what had finished (and is stored) by then."""
+
+    def __init__(self, report: SweepReport):
+        super().__init__()
+        self.report = report
+
+
 def pending(specs: list[RunSpec], store: Store, force: bool = False, retry_failed: bool = False) -> list[RunSpec]:
     """The specs to run: all with --force; else those not stored (and failed ones on retry)."""
     if force:
         return list(specs)
     stored = store.statuses()
     return [s for s in specs if s.key not in stored or (retry_failed and stored[s.key] != "ok")]
+
+
+def _write(store: Store, result: RunResult) -> RunResult:
+    """Store a result; one the store cannot hold (a plugin's diagnostics that JSON cannot
+    encode) is stored as failed with the reason, like any other plugin error, and the sweep
+    goes on."""
+    try:
+        store.write(result)
+        return result
+    except (TypeError, ValueError) as err:
+        failed = replace(result, status="failed", error=f"result could not be stored: {err}", diagnostics={})
+        store.write(failed)
+        return failed
+
+
+@contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done, then raise it: a batched program hands over many
+    results at once, so an interrupt often lands between storing a run and counting it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def run_sweep(
@@ -63,12 +105,15 @@ def run_sweep(
     executor = executor or LocalExecutor()
     try:
         for result in executor.run(group_specs(todo), options):
-            store.write(result)
-            report.statuses[result.status] += 1
+            with _interrupt_after():  # a run is stored and counted, or neither
+                result = _write(store, result)
+                report.statuses[result.status] += 1
             bar.update(1)
             bar.set_postfix_str(f"{result.task[:40]} seed {result.seed}", refresh=False)
             if result.status != "ok":
-                bar.write(f"{result.status}: {result.task} / {result.strategy} / seed {result.seed}: {result.error}")
+                bar.write(f"{result.status}: {result.task} / {result.strategy} / seed {result.seed}: {result.error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(report) from None
     finally:
         bar.close()
     return report
