@@ -109,6 +109,10 @@ class TransferPlan:
 
     copy: dict[str, torch.Tensor] = field(default_factory=dict)
     freeze: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: What the strategy decided while planning (a fraction chosen on validation data, say),
+    #: numbers and strings only; stored with the run as diagnostics["strategy"]. Carried by
+    #: the plan rather than the strategy instance, which is shared across seeds and workers.
+    notes: dict[str, Any] = field(default_factory=dict)
 
     # -- building plans -------------------------------------------------------------------
     @classmethod
@@ -117,10 +121,11 @@ class TransferPlan:
 
     @classmethod
     def from_filter_masks(
-        cls, target: TransferModel, masks: dict[str, torch.Tensor], freeze: bool
+        cls, target: TransferModel, masks: dict[str, torch.Tensor], freeze: bool, follow: bool = True
     ) -> "TransferPlan":
         """Expand per-layer filter masks (layer name -> bool tensor of filter_shape) to
-        per-parameter masks, including the `follow` slices of the next layer."""
+        per-parameter masks, including (with `follow`) the `follow` slices of the next layer.
+        Whole-layer plans pass follow=False: "the first k layers" must not reach into k+1."""
         shapes = dict(target.named_parameters())
         plan = cls()
         for layer in target.transfer_layers():
@@ -131,7 +136,7 @@ class TransferPlan:
             for pname in layer.params:
                 full = _broadcast_leading(mask, shapes[pname].shape)
                 plan._merge(pname, full, freeze)
-            for pname, dim in layer.follow:
+            for pname, dim in layer.follow if follow else ():
                 shape = shapes[pname].shape
                 index = [slice(None)] * len(shape)
                 full = torch.zeros(shape, dtype=torch.bool)
@@ -146,7 +151,7 @@ class TransferPlan:
         """Every transferable layer, whole: the head only when the task allows it."""
         layers = _transferable(source, target)
         return cls.from_filter_masks(
-            target, {l.name: torch.ones(l.filter_shape, dtype=torch.bool) for l in layers}, freeze
+            target, {l.name: torch.ones(l.filter_shape, dtype=torch.bool) for l in layers}, freeze, follow=False
         )
 
     @classmethod
@@ -156,7 +161,7 @@ class TransferPlan:
         """The first `count` transferable layers, whole (Yosinski's AnB / AnB+)."""
         layers = _transferable(source, target)[:count]
         return cls.from_filter_masks(
-            target, {l.name: torch.ones(l.filter_shape, dtype=torch.bool) for l in layers}, freeze
+            target, {l.name: torch.ones(l.filter_shape, dtype=torch.bool) for l in layers}, freeze, follow=False
         )
 
     @classmethod
@@ -271,6 +276,12 @@ class Task(Parametrized):
         """Record `diagnostics` every this many training steps as a trajectory (0: never).
         Tracing costs time, so tasks turn it on only where plots need it."""
         return 0
+
+    def batched_engine(self) -> Any:
+        """A `ptbench.engines.BatchedEngine` that trains many runs of this task's model as one
+        tensor program, or None (the default: every run takes the per-run path). The runner
+        still sends it only the runs it `supports`; strategies with training hooks never."""
+        return None
 
 
 class Strategy(Parametrized):

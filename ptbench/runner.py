@@ -4,12 +4,19 @@ Runs are grouped by (task variant, seed). A group draws its data and trains its 
 once, then runs every strategy of the group against that one source model. Inside a group
 every strategy gets the same target data and the same fresh target initialisation (the same
 (seed, role) streams), so "strategy minus scratch" is a paired difference per seed.
+
+This module is the per-run path (any model, any strategy hook) and what both paths share:
+donors from the cache (`ptbench.cache`) or trained and cached, diagnostics, run records.
+Where a task offers a batched engine, `ptbench.batched` trains the groups of one task
+variant together instead, with the same data, initialisations, plans and records;
+`ptbench.units` decides which groups go which way, `ptbench.executors` where they run.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -17,6 +24,7 @@ from typing import Iterable, Iterator
 import torch
 
 from .api import PlanContext, RunResult, RunSpec, Split, Strategy, Task, TaskData, TransferPlan
+from .cache import CacheWarning, DonorCache
 from .errors import PtbenchError
 from .rng import RandomStreams
 from .train import Diverged, RunTimeout, accuracy, train
@@ -30,6 +38,9 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise PtbenchError("--device cuda was asked for but this torch sees no CUDA device; use --device cpu or auto")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise PtbenchError(f"no CUDA device {name!r}: this machine has {torch.cuda.device_count()} (cuda:0..); use --device cuda")
         return name
     raise PtbenchError(f"unknown device {name!r}; valid: auto, cpu, cuda")
 
@@ -93,6 +104,41 @@ def train_donor(task: Task, role: str, data: TaskData, streams: RandomStreams, d
     return Trained(model, accuracy(model, data.test, budget.loss), seconds, task.diagnostics(model, data, None), trajectory)
 
 
+#: The donors a group may need: (the data role it trains on, the stream of its initialisation).
+DONORS = {"source": ("source", "source-init"), "target": ("target", "selffer-init")}
+
+
+def cached_donor(task: Task, donor: str, streams: RandomStreams, device: str, cache: DonorCache) -> Trained | None:
+    """The donor from the cache (its training time is the one recorded when it was trained)."""
+    role, init_role = DONORS[donor]
+    entry = cache.load(task, streams.seed, init_role)
+    if entry is None:
+        return None
+    model = task.model(role, streams.torch(init_role))
+    try:
+        model.load_state_dict(entry.state)
+    except (RuntimeError, KeyError) as err:  # the model's shape changed without a code change we hash
+        warnings.warn(f"cached {init_role} model of {task.instance_name} seed {streams.seed} does not fit the model ({err}); retraining it", CacheWarning)
+        return None
+    return Trained(model.to(device), entry.test_acc, entry.seconds, entry.diagnostics, entry.trajectory)
+
+
+def save_donor(task: Task, donor: str, seed: int, trained: Trained, cache: DonorCache) -> None:
+    cache.save(task, seed, DONORS[donor][1], trained.model, trained.test_acc, trained.seconds, trained.diagnostics, trained.trajectory)
+
+
+def obtain_donor(task: Task, donor: str, streams: RandomStreams, device: str, cache: DonorCache, target_data: TaskData) -> Trained:
+    """The donor from the cache, or trained on the per-run path (and cached). The source
+    side's data is drawn only when the source model must be trained."""
+    trained = cached_donor(task, donor, streams, device, cache)
+    if trained is None:
+        role, init_role = DONORS[donor]
+        data = target_data if role == "target" else task.data(role, streams).to(device)
+        trained = train_donor(task, role, data, streams, device, init_role)
+        save_donor(task, donor, streams.seed, trained, cache)
+    return trained
+
+
 def _diagnostics(source: Trained, target: dict, target_trajectory: list) -> dict:
     """The stored diagnostics: {"source": ..., "target": ...} and trajectories when traced."""
     out: dict = {}
@@ -119,6 +165,12 @@ class RunOptions:
 
     device: str = "cpu"
     timeout: float | None = None  # seconds per target run (the source model has its own)
+    #: Where trained donors are cached (None: no cache). The CLI's default is .ptbench-cache.
+    cache_dir: str | None = None
+    #: Train the runs a task's batched engine supports as one program (False: all per-run).
+    batched: bool = True
+    #: The most runs one batched program holds (bounds memory: each seed's data stays in it).
+    max_batch_runs: int = 256
 
 
 def run_group(group: Group, options: RunOptions) -> Iterator[RunResult]:
@@ -126,13 +178,14 @@ def run_group(group: Group, options: RunOptions) -> Iterator[RunResult]:
     as soon as it exists, so that a crash loses at most the run in progress."""
     device = options.device
     task, streams = group.task, RandomStreams(group.seed)
+    cache = DonorCache(options.cache_dir)
     try:
-        source_data = task.data("source", streams).to(device)
         target_data = task.data("target", streams).to(device)
-        source = train_donor(task, "source", source_data, streams, device, "source-init")
+        budget = task.budget("target")  # a plugin's bug here fails the group, not the sweep
+        source = obtain_donor(task, "source", streams, device, cache, target_data)
         donors = {"source": source.model}
         if any(s.donor == "target" for s in group.strategies):
-            donors["target"] = train_donor(task, "target", target_data, streams, device, "selffer-init").model
+            donors["target"] = obtain_donor(task, "target", streams, device, cache, target_data).model
     except PtbenchError:
         raise  # a user's mistake (missing data files, say) stops the sweep with its message
     except Exception as err:  # the whole group fails, visibly, and the sweep goes on
@@ -140,7 +193,6 @@ def run_group(group: Group, options: RunOptions) -> Iterator[RunResult]:
         for spec in group.specs:
             yield RunResult.for_spec(spec, status=status, error=f"source model: {_error_text(err)}", device=device)
         return
-    budget = task.budget("target")
     for spec in group.specs:
         yield run_one(spec, task, streams, donors, target_data, budget, source, options)
 
@@ -178,12 +230,15 @@ def run_one(spec, task, streams, donors, target_data, budget, source: Trained, o
         seconds = time.perf_counter() - start
         if not _unchanged(donor, before):
             raise RuntimeError(f"strategy {strategy.instance_name} modified the {strategy.donor} model it inherits from")
+        diagnostics = _diagnostics(source, task.diagnostics(target, target_data, plan), trajectory)
+        if plan.notes:  # what the strategy chose while planning (auto-fraction's fraction)
+            diagnostics["strategy"] = dict(plan.notes)
         return RunResult.for_spec(
             spec,
             target_acc=accuracy(target, target_data.test, budget.loss),
             target_train_acc=accuracy(target, target_data.train, budget.loss),
             target_seconds=seconds,
-            diagnostics=_diagnostics(source, task.diagnostics(target, target_data, plan), trajectory),
+            diagnostics=diagnostics,
             **common,
         )
     except Diverged as err:

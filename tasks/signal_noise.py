@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from ptbench.api import Split, Task, TaskData, TrainBudget, TransferPlan
+from ptbench.api import Task, TaskData, TrainBudget, TransferPlan
+from ptbench.engines.two_layer_cnn import PatchSplit, TwoLayerCNNEngine
 from ptbench.models import TwoLayerReLUCNN
 from ptbench.rng import RandomStreams
 
@@ -58,7 +59,10 @@ class SignalNoise(Task):
         "sigma0": [0.01],
         "lr": [1.0],
         "steps": [1000],
+        "trace": [0],  # > 0: record the diagnostics every `trace` steps (trajectory plots)
     }
+
+    param_types = {"target_specific": float}
 
     def validate(self) -> None:
         if self.d < 4:
@@ -68,15 +72,22 @@ class SignalNoise(Task):
         for key in ("shared", "specific", "source_noise", "target_noise", "sigma0"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be non-negative, got {getattr(self, key)}")
-        if self.target_specific is not None and self.target_specific < 0:
-            raise ValueError("target_specific must be non-negative")
+        if self.target_specific is not None and (
+            # its default is None, so the grid fixes no type: check it here
+            not isinstance(self.target_specific, (int, float))
+            or isinstance(self.target_specific, bool)
+            or self.target_specific < 0
+        ):
+            raise ValueError(f"target_specific must be none or a non-negative number, got {self.target_specific!r}")
         for key in ("n_source", "n_target", "n_test", "m", "steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
         if not 0 <= self.label_flip < 0.5:
             raise ValueError(f"label_flip must be in [0, 0.5), got {self.label_flip}")
-        if self.lr <= 0:
+        if not self.lr > 0:  # also refuses nan
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.trace < 0:
+            raise ValueError(f"trace must be 0 (off) or a number of steps, got {self.trace}")
 
     # -- data -----------------------------------------------------------------------------
     def directions(self, streams: RandomStreams) -> torch.Tensor:
@@ -94,22 +105,32 @@ class SignalNoise(Task):
             return {"v": 2, "specific": specific, "noise": self.target_noise, "n": self.n_target}
         raise ValueError(f"unknown role {role!r}")
 
-    def sample(self, n: int, role: str, dirs: torch.Tensor, generator: torch.Generator, flip: float) -> tuple[Split, torch.Tensor]:
+    def sample(self, n: int, role: str, dirs: torch.Tensor, generator: torch.Generator, flip: float) -> tuple[PatchSplit, torch.Tensor]:
+        """n examples, kept as the factors they are drawn from (a PatchSplit: its `x` is the
+        dense [n, patches, d] tensor). The signal patch is y * signal, one shared vector times
+        +-1, and noise is drawn only for the other patches (patches - 1 per example): nothing
+        random is drawn to be overwritten, and the batched engine sees the structure. The
+        per-run path reads `x` and so trains on exactly the same numbers."""
         side = self.side(role)
         u, v = dirs[0], dirs[side["v"]]
         signal = self.shared * u + side["specific"] * v
         y = torch.where(torch.rand(n, generator=generator) < 0.5, 1.0, -1.0)
         position = torch.randint(self.patches, (n,), generator=generator)
-        noise = torch.randn(n, self.patches, self.d, generator=generator)
+        noise = torch.randn(n, self.patches - 1, self.d, generator=generator)
         basis = torch.stack([u, v])  # orthonormal rows: P = basis^T basis
-        noise = noise - (noise @ basis.T) @ basis
-        x = noise * side["noise"]
-        x[torch.arange(n), position] = y[:, None] * signal
+        noise = noise.sub_((noise @ basis.T) @ basis).mul_(side["noise"])
+        # patch p of example i: the signal (shared vector 0, coefficient y_i) at its position,
+        # else the example's next noise vector (own vector i * (patches - 1) + slot)
+        p = torch.arange(self.patches)[None, :]
+        slot = p - (p > position[:, None]).long()
+        at_signal = p == position[:, None]
+        index = torch.where(at_signal, 0, 1 + torch.arange(n)[:, None] * (self.patches - 1) + slot)
+        coef = torch.where(at_signal, y[:, None], 1.0)
         observed = y.clone()
         if flip > 0:
             flipped = torch.rand(n, generator=generator) < flip
             observed[flipped] = -observed[flipped]
-        return Split(x, observed), position
+        return PatchSplit(signal[None], noise, index, coef, observed), position
 
     def data(self, role: str, streams: RandomStreams) -> TaskData:
         dirs = self.directions(streams)
@@ -125,41 +146,67 @@ class SignalNoise(Task):
     def budget(self, role: str) -> TrainBudget:
         return TrainBudget(steps=self.steps, lr=self.lr, optimizer="gd", loss="logistic")
 
+    def batched_engine(self) -> TwoLayerCNNEngine:
+        """All runs of a variant (seeds x strategies) train as one tensor program."""
+        return TwoLayerCNNEngine()
+
     # -- the theory's diagnostics ---------------------------------------------------------
     def diagnostics(self, model: torch.nn.Module, data: TaskData, plan: TransferPlan | None) -> dict[str, Any]:
-        """Signal learning <w_{j,r}, u>, <w_{j,r}, v_k> and noise memorisation, split into
-        inherited and fresh filters: the quantities the theory tracks."""
-        return signal_noise_diagnostics(model.W.detach(), data, plan)
+        """Signal learning along u, v_1 and v_2 and noise memorisation, split into inherited
+        and fresh filters: the quantities the theory tracks (see signal_noise_diagnostics)."""
+        norms = (self.shared, self.side("source")["specific"], self.side("target")["specific"])
+        return signal_noise_diagnostics(model.W.detach(), data, plan, norms)
+
+    def trace_every(self) -> int:
+        """`trace` > 0 records the diagnostics every `trace` steps, for trajectory plots."""
+        return self.trace
 
 
-def signal_noise_diagnostics(W: torch.Tensor, data: TaskData, plan: TransferPlan | None) -> dict[str, Any]:
+def signal_noise_diagnostics(
+    W: torch.Tensor, data: TaskData, plan: TransferPlan | None, norms: tuple[float, float, float] = (1.0, 1.0, 1.0)
+) -> dict[str, Any]:
+    """The theory's two competing quantities, measured on the model's filters W [2, m, d].
+
+    * Signal learning: j * <w_{j,r}, s> for s = u, v_1, v_2 (j = +1 for W[0], -1 for W[1]),
+      keys `u_*`, `v1_*`, `v2_*`; s is the signal vector itself, norm included (`norms`:
+      |u|, |v_1|, |v_2|), so that it is in the same units as <w, xi_i>, as in the theory.
+      The sign j is the theory's orientation (Cao et al. 2022): a class +1 filter helps when
+      it points along +s, a class -1 filter along -s, so the value is positive when a filter
+      has learned the signal, and a filter pointing the wrong way counts against it. Both v_1 and v_2 are measured whatever the
+      role: on the target model, v_1 is what inherited filters brought from the source (the
+      direction the target noise still contains), v_2 what the target has learned itself.
+      `*_max_G` is the max over the group's filters, `*_mean_G` the mean.
+    * Noise memorisation `noise_G`: for every noise patch xi_i of the training data, the max
+      over the group's filters of <w_{j,r}, xi_i> (signed: what the ReLU passes on), averaged
+      over the patches.
+
+    G is `all`, and with a plan that copies W also `inherited` and `fresh` (filters the plan
+    copied from the donor / left at their fresh initialisation).
+    """
     dirs = data.extras["directions"].to(W.device)
-    u, v = dirs[0], dirs[data.extras["v_index"]]
     flat = W.reshape(-1, W.shape[-1])  # [2m, d]
-    along_u = flat @ u
-    along_v = flat @ v
-    x = data.train.x
-    position = data.extras["signal_position"].to(x.device)
-    n, patches, d = x.shape
-    noise_mask = torch.ones(n, patches, dtype=torch.bool, device=x.device)
-    noise_mask[torch.arange(n), position] = False
+    blocks = W.shape[0]
+    orientation = torch.tensor([1.0, -1.0], device=W.device, dtype=W.dtype)[:blocks]
+    orientation = orientation.repeat_interleave(flat.shape[0] // blocks)  # j per filter
+    along = {name: orientation * (flat @ dirs[i]) * norms[i] for i, name in enumerate(("u", "v1", "v2"))}
+    x = data.train.x.to(W.device)
+    position = data.extras["signal_position"].to(W.device)
+    n, patches, _ = x.shape
+    noise_mask = torch.ones(n, patches, dtype=torch.bool, device=W.device)
+    noise_mask[torch.arange(n, device=W.device), position] = False
     noise = x[noise_mask]  # [n * (patches - 1), d]
-    out: dict[str, Any] = {}
-    inherited = None
+    groups = {"all": torch.ones(flat.shape[0], dtype=torch.bool, device=W.device)}
     if plan is not None and "W" in plan.copy:
         inherited = plan.copy["W"].reshape(flat.shape)[:, 0].to(W.device)
-    groups = {"all": torch.ones(flat.shape[0], dtype=torch.bool, device=W.device)}
-    if inherited is not None:
         groups["inherited"] = inherited
         groups["fresh"] = ~inherited
+    out: dict[str, Any] = {}
     for group, sel in groups.items():
         if not bool(sel.any()):
             continue
-        out[f"u_max_{group}"] = float(along_u[sel].abs().max())
-        out[f"u_mean_{group}"] = float(along_u[sel].abs().mean())
-        out[f"v_max_{group}"] = float(along_v[sel].abs().max())
-        out[f"v_mean_{group}"] = float(along_v[sel].abs().mean())
+        for name, values in along.items():
+            out[f"{name}_max_{group}"] = float(values[sel].max())
+            out[f"{name}_mean_{group}"] = float(values[sel].mean())
         if len(noise):
-            memo = (noise @ flat[sel].T).abs().max(dim=1).values  # max over filters
-            out[f"noise_{group}"] = float(memo.mean())
+            out[f"noise_{group}"] = float((noise @ flat[sel].T).max(dim=1).values.mean())
     return out

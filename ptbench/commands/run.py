@@ -6,13 +6,16 @@ import argparse
 import os
 import sys
 
+from ..cache import DEFAULT_DIR as DEFAULT_CACHE
 from ..errors import PtbenchError
+from ..executors import make_executor
 from ..leaderboard import write as write_leaderboard
 from ..registry import default_registry
+from ..report import load_report, write_report
 from ..runner import RunOptions, resolve_device
 from ..store import Store
 from ..suites import expand, load_suite
-from ..sweep import run_sweep
+from ..sweep import SweepInterrupted, run_sweep
 from ._common import add_plugins, add_store
 
 NAME = "run"
@@ -41,7 +44,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default: the suite's)")
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu or cuda (default: auto)")
     add_store(p)
-    p.add_argument("--leaderboard", default="leaderboard", metavar="DIR", help="where README.md goes (default: leaderboard)")
+    p.add_argument(
+        "--leaderboard", default="leaderboard", metavar="DIR",
+        help="where README.md (and the suite's report pages, if it has any) go (default: leaderboard)",
+    )
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard")
     add_plugins(p)
     p.add_argument("--force", action="store_true", help="re-run runs that are already stored")
@@ -49,6 +55,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="per-run time limit; a run past it is stored as timeout")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="where image datasets already on disk live (default: $PTBENCH_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="run independent groups in N worker processes (default: 1, in this process)")
+    p.add_argument("--executor", default="local", choices=["local", "dask"], help="local (this machine) or dask (a dask.distributed cluster; needs --scheduler)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="the dask scheduler's address, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE, metavar="DIR", help=f"where trained source models are cached (default: {DEFAULT_CACHE})")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the source-model cache")
+    p.add_argument("--no-batch", action="store_true", help="train every run on the per-run path, even where a batched engine could (slow; for checking)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -56,19 +68,44 @@ def main(args: argparse.Namespace) -> int:
         raise PtbenchError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     if args.data_dir:
         os.environ["PTBENCH_DATA"] = args.data_dir  # read by tasks (and inherited by workers)
-    options = RunOptions(device=resolve_device(args.device), timeout=args.timeout)
+    options = RunOptions(
+        device=resolve_device(args.device), timeout=args.timeout,
+        cache_dir=None if args.no_cache else os.path.abspath(args.cache_dir), batched=not args.no_batch,
+    )
+    executor = make_executor(args.executor, args.jobs, args.scheduler, args.plugin)
     registry = default_registry(args.plugin)
     suite = load_suite(args.suite)
+    if suite.report and not args.no_leaderboard:
+        load_report(suite.report)  # a wrong report key fails now, not after the whole sweep
     specs = expand(suite, registry, args.task or None, args.strategy or None, args.seeds)
     if not specs:
         raise PtbenchError("nothing to run: the suite and options select no runs")
     store = Store(args.store)
     try:
-        report = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet)
+        try:
+            report = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet, executor=executor)
+        except SweepInterrupted as stop:  # every run that finished is already committed
+            print(
+                f"ptbench: interrupted; {stop.report.ran} run(s) finished and stored "
+                f"({_stored(specs, store)} of this sweep's {len(specs)} are in {args.store}); "
+                "run the same command again to resume",
+                file=sys.stderr,
+            )
+            return 130
         if not args.no_leaderboard:
-            path = write_leaderboard(store.frame(), args.leaderboard, suite.baseline, registry)
+            runs = store.frame()
+            path = write_leaderboard(runs, args.leaderboard, suite.baseline, registry)
             print(f"leaderboard: {path}", file=sys.stderr)
+            if suite.report:  # the suite's own pages (the paper suite's phase diagrams, say)
+                for written in write_report(suite.report, runs, specs, args.leaderboard, suite.baseline):
+                    print(f"report: {written}", file=sys.stderr)
     finally:
         store.close()
     print(f"ptbench: {report.summary()}; store: {args.store}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _stored(specs: list, store: Store) -> int:
+    """How many of the sweep's runs the store holds (any status)."""
+    keys = store.statuses()
+    return sum(spec.key in keys for spec in specs)
