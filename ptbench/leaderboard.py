@@ -20,7 +20,7 @@ HEADERS = [
     "strategy",
     "target acc % [95% CI]",
     "Δ vs {baseline} (pp) [95% CI]",
-    "negative transfer",
+    "negative transfer (seeds) [95% CI]",
     "source acc %",
     "seconds",
     "seeds",
@@ -31,7 +31,7 @@ def task_table(rows: pd.DataFrame, baseline: str) -> str:
     body = []
     for _, r in rows.sort_values("acc_mean", ascending=False).iterrows():
         neg = r["negative"]
-        incidence = "n/a" if neg.n == 0 else f"{r['negative_k']}/{neg.n} ({neg.mean * 100:.0f}%)"
+        incidence = "n/a" if neg.n == 0 else f"{r['negative_k']}/{neg.n} [{neg.low * 100:.0f}, {neg.high * 100:.0f}]%"
         body.append(
             [
                 f"`{r['strategy']}`",
@@ -75,7 +75,9 @@ def render(
         "Accuracy is on held-out test data, as a mean over seeds with a 95% t interval. "
         f"Δ is the paired difference to `{baseline}` under the same seed (same target data, same "
         "initialisation of everything not inherited), in percentage points. *Negative transfer* "
-        f"counts the seeds where the strategy's target accuracy is below `{baseline}`'s.",
+        f"counts the seeds where the strategy's target accuracy is below `{baseline}`'s, with a 95% "
+        "Wilson interval for how often that happens. The negative transfer gap of Wang et al. "
+        "(CVPR 2019), target error with the source minus target error without it, is −Δ.",
         "",
     ]
     if not table.empty:

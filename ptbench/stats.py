@@ -39,14 +39,26 @@ class Interval:
     high: float
     n: int
 
+    @property
+    def below_zero(self) -> bool:
+        """The whole interval is below 0: a difference that is negative beyond seed noise."""
+        return self.n >= 2 and self.high < 0
+
+    @property
+    def above_zero(self) -> bool:
+        return self.n >= 2 and self.low > 0
+
     def fmt(self, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
         if self.n == 0 or math.isnan(self.mean):
             return "n/a"
         sign = "+" if signed else ""
-        mean = f"{self.mean * scale:{sign}.{digits}f}"
+
+        def show(value: float) -> str:
+            return f"{round(value * scale, digits) + 0.0:{sign}.{digits}f}"  # + 0.0: no "-0.0"
+
         if self.n < 2:
-            return mean
-        return f"{mean} [{self.low * scale:{sign}.{digits}f}, {self.high * scale:{sign}.{digits}f}]"
+            return show(self.mean)
+        return f"{show(self.mean)} [{show(self.low)}, {show(self.high)}]"
 
 
 def mean_ci(values) -> Interval:
@@ -71,18 +83,21 @@ def wilson(k: int, n: int) -> Interval:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
+    low = 0.0 if k == 0 else max(0.0, centre - half)  # exact ends at 0/n and n/n, not 1 - 1e-16
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return Interval(p, low, high, n)
 
 
 def paired_to_baseline(runs: pd.DataFrame, baseline: str, metric: str = "target_acc") -> pd.DataFrame:
     """Add `baseline_acc` and `delta` (metric minus the baseline's, same task and seed).
 
     `runs` holds ok runs with columns task, strategy, seed and the metric. The baseline is
-    matched by strategy name without parameters (`scratch` matches `scratch`), and a run
-    without a baseline run of the same seed gets NaN.
+    a strategy instance name (`partial-filters[fraction=0.5,freeze=False]`) or a bare name
+    (`scratch` matches `scratch` whatever its parameters), and a run without a baseline run
+    of the same task and seed gets NaN.
     """
-    base_name = runs["strategy"].str.split("[", n=1).str[0]
-    base = runs[base_name == baseline][["task", "seed", metric]].rename(columns={metric: "baseline_acc"})
+    is_base = (runs["strategy"] == baseline) | (runs["strategy"].str.split("[", n=1).str[0] == baseline)
+    base = runs[is_base][["task", "seed", metric]].rename(columns={metric: "baseline_acc"})
     base = base.drop_duplicates(["task", "seed"])
     merged = runs.merge(base, on=["task", "seed"], how="left")
     merged["delta"] = merged[metric] - merged["baseline_acc"]
@@ -125,3 +140,32 @@ def overall_ranks(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["strategy", "mean_rank", "tasks"])
     out = table.groupby("strategy").agg(mean_rank=("rank", "mean"), tasks=("task", "nunique")).reset_index()
     return out.sort_values(["mean_rank", "strategy"]).reset_index(drop=True)
+
+
+def paired_deltas(a: pd.DataFrame, b: pd.DataFrame, on: list[str], metric: str = "target_acc") -> pd.DataFrame:
+    """Pair the rows of `a` and `b` that agree on the columns `on` (say task, strategy and
+    seed between two stores, or task and seed between two strategies of one store).
+
+    Returns the pairs with `a`, `b` and `delta` = b - a; rows without a partner are dropped,
+    since an unpaired run says nothing about the difference. Duplicate keys are an error:
+    a pair must be one run against one run.
+    """
+    for name, df in (("first", a), ("second", b)):
+        dupes = df.duplicated(on)
+        if dupes.any():
+            first = df[dupes].iloc[0]
+            raise ValueError(f"the {name} set has two runs for {dict((k, first[k]) for k in on)}")
+    left = a[on + [metric]].rename(columns={metric: "a"})
+    right = b[on + [metric]].rename(columns={metric: "b"})
+    merged = left.merge(right, on=on, how="inner")
+    merged = merged[merged["a"].notna() & merged["b"].notna()]
+    merged["delta"] = merged["b"] - merged["a"]
+    return merged.reset_index(drop=True)
+
+
+def negative_transfer_gap(acc_with_source, acc_without_source) -> Interval:
+    """Wang et al. (CVPR 2019): target error with the source minus target error without it,
+    per seed, as a mean with a 95% t interval. Positive means negative transfer."""
+    with_err = 1.0 - np.asarray(acc_with_source, dtype=float)
+    without_err = 1.0 - np.asarray(acc_without_source, dtype=float)
+    return mean_ci(with_err - without_err)
