@@ -1,0 +1,474 @@
+"""The contract every strategy and task keeps, as named checks.
+
+Modelled on scikit-learn's `estimator_checks`: each check is a function `check_<what>(cls,
+env)` that returns one sentence saying what it verified, raises `CheckFailed` saying what is
+wrong, or raises `NotApplicable` when the plugin has nothing it could be checked on. The same
+functions serve `python -m ptbench submit FILE` (one contributor's file, in a separate
+process) and `tests/test_contract.py` (every registered plugin, built-in or installed), so a
+file that passes `submit` passes the test suite and the other way round.
+
+Checks build fresh models from the task itself, draw from (seed, role) streams and, where a
+strategy must look at target data first, train with a short step budget: they check the
+contract (shapes, determinism, purity), not whether a strategy is any good.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import json
+import math
+import re
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from .api import PlanContext, RunSpec, Strategy, Task, TrainBudget, TransferModel, TransferPlan
+from .errors import PtbenchError
+from .params import parse_spec
+from .registry import Registry
+from .rng import RandomStreams
+from .train import _optimizer, accuracy, loss_fn, train
+
+
+class CheckFailed(AssertionError):
+    """The plugin breaks the contract; the message says how."""
+
+
+class NotApplicable(Exception):
+    """Nothing to check this on (a task whose data is not on disk, say)."""
+
+
+@dataclass
+class CheckResult:
+    check: str
+    passed: bool | None  # None: not applicable
+    detail: str
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return {True: "pass", False: "FAIL", None: "n/a"}[self.passed]
+
+
+@dataclass
+class CheckEnv:
+    """What checks compare against and how hard they try."""
+
+    registry: Registry  # names must be unique in it; its tasks' models are what plans must fit
+    origin: Path | None = None  # the file being submitted: a name registered from it is no clash
+    seed: int = 0
+    timeout: float = 60.0  # the finished-run check's time limit for the target run
+    plan_steps: int = 20  # step budget of trainings inside plan_with_data during checks
+    max_instances: int = 8  # grid instances whose plans are checked
+    smoke_suite: str = "smoke"  # the suite whose first task the finished-run check runs
+    device: str = "cpu"
+    _data: dict = field(default_factory=dict, repr=False)  # (task key, seed) -> target data
+
+
+Check = Callable[[type, CheckEnv], str]
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+SCALARS = (bool, int, float, str, type(None))
+
+
+# --------------------------------------------------------------------------- both kinds
+
+
+def check_name(cls: type, env: CheckEnv) -> str:
+    """A name usable in a SPEC, and not taken by another registered plugin of the same kind."""
+    name = getattr(cls, "name", "")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise CheckFailed(
+            f"name {name!r} is not usable in a SPEC: use letters, digits and - _ . + (e.g. 'my-strategy')"
+        )
+    kind = "tasks" if issubclass(cls, Task) else "strategies"
+    other = getattr(env.registry, kind).get(name)
+    if other is None:
+        return f"{name!r} is not taken by any registered {kind[:-1] if kind == 'tasks' else 'strategy'}"
+    if other is cls or (env.origin is not None and _source_file(other) == env.origin.resolve()):
+        return f"{name!r} is registered once, from this file"
+    raise CheckFailed(
+        f"{name!r} is already taken by {env.registry.origins.get((kind, name), other.__module__)}; choose another name"
+    )
+
+
+def check_param_grid(cls: type, env: CheckEnv) -> str:
+    """`params` maps identifiers to non-empty lists of plain values; every grid instance
+    validates; instance names are distinct and paste back into a SPEC as the same instance."""
+    params = getattr(cls, "params", None)
+    if not isinstance(params, dict):
+        raise CheckFailed(f"params must be a dict of name -> list of values, got {type(params).__name__}")
+    base = Task if issubclass(cls, Task) else Strategy
+    for key, grid in params.items():
+        if not isinstance(key, str) or not key.isidentifier() or key.startswith("_"):
+            raise CheckFailed(f"parameter name {key!r} must be a public Python identifier")
+        if hasattr(base, key):
+            raise CheckFailed(f"parameter {key!r} would hide {base.__name__}.{key}; rename it")
+        if not isinstance(grid, (list, tuple)) or not grid:
+            raise CheckFailed(f"parameter {key!r}: its grid must be a non-empty list, got {grid!r}")
+        for value in grid:
+            if not isinstance(value, SCALARS):
+                raise CheckFailed(f"parameter {key!r}: {value!r} is not a bool, int, float, str or None")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise CheckFailed(f"parameter {key!r}: {value!r} is not finite")
+    try:
+        instances = cls.expand()
+    except PtbenchError as err:
+        raise CheckFailed(f"the grid has an instance its own validate() rejects: {err}") from None
+    names = [i.instance_name for i in instances]
+    if len(set(names)) != len(names):
+        raise CheckFailed(f"two grid instances share a name: {sorted(n for n in names if names.count(n) > 1)[0]!r}")
+    for instance in instances[:64]:
+        try:
+            name, fixed = parse_spec(instance.instance_name)
+            again = cls.expand(fixed)
+        except PtbenchError as err:
+            raise CheckFailed(f"instance name {instance.instance_name!r} does not parse back: {err}") from None
+        if len(again) != 1 or again[0].key != instance.key:
+            raise CheckFailed(f"instance name {instance.instance_name!r} does not paste back as the same instance")
+    return f"{len(instances)} grid instance(s), each validates and round-trips through its SPEC"
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def check_plan_shapes(cls: type, env: CheckEnv) -> str:
+    """For every registered task's models, every plan (a) is a TransferPlan with boolean masks
+    of its parameters' shapes, (b) copies only parameters the donor has with the same shape,
+    (c) applies, and (d) keeps notes that can be stored (JSON)."""
+    checked, skipped = [], []
+    instances = _instances(cls, env)
+    for task in _tasks(env):
+        for strategy in instances:
+            try:
+                plan, donor, target = _plan_for(strategy, task, env, env.seed)
+            except NotApplicable:
+                skipped.append(task.instance_name)
+                break
+            where = f"{strategy.instance_name} on {task.instance_name}"
+            if not isinstance(plan, TransferPlan):
+                raise CheckFailed(f"{where}: plan returned {type(plan).__name__}, not a TransferPlan")
+            try:
+                plan.check_against(target)
+            except ValueError as err:
+                raise CheckFailed(f"{where}: {err}") from None
+            donor_shapes = {n: p.shape for n, p in donor.named_parameters()}
+            for name, mask in plan.copy.items():
+                if bool(mask.any()) and donor_shapes.get(name) != target.get_parameter(name).shape:
+                    raise CheckFailed(f"{where}: copies {name!r}, which the donor model lacks or has in another shape")
+            plan.apply(donor, copy.deepcopy(target))
+            try:
+                json.dumps(plan.notes)
+            except (TypeError, ValueError) as err:
+                raise CheckFailed(f"{where}: plan.notes cannot be stored as JSON ({err})") from None
+        else:
+            checked.append(task.instance_name)
+    if not checked:
+        raise NotApplicable(f"no task to check plans on (without their data on disk: {', '.join(skipped) or 'none'})")
+    out = f"plans of {len(instances)} instance(s) fit the models of {len(checked)} task(s): {', '.join(checked)}"
+    return out + (f"; not checked, data not on disk: {', '.join(skipped)}" if skipped else "")
+
+
+def check_source_unmodified(cls: type, env: CheckEnv) -> str:
+    """Planning only reads the donor (the source model) and the fresh target model: the
+    harness reuses one source model for every strategy of a seed, and the fresh target is
+    the initialisation every strategy shares."""
+    checked = []
+    for task in _tasks(env):
+        for strategy in _instances(cls, env):
+            try:
+                plan, donor, target, before = _plan_for(strategy, task, env, env.seed, snapshot=True)
+            except NotApplicable:
+                break
+            for key, role, model in (("donor", f"{strategy.donor} (donor)", donor), ("fresh", "fresh target", target)):
+                changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[key][n])]
+                if changed:
+                    raise CheckFailed(
+                        f"{strategy.instance_name} on {task.instance_name} changed the {role} model's {changed[0]!r} while planning; "
+                        "plan() must only read the models (copy the donor first if you need to train something)"
+                    )
+        else:
+            checked.append(task.instance_name)
+    if not checked:
+        raise NotApplicable("no task to plan on")
+    return f"source and fresh target models unchanged by planning on {len(checked)} task(s)"
+
+
+def check_plan_deterministic(cls: type, env: CheckEnv) -> str:
+    """The same seed gives the same plan: pairing and reproducibility rest on it, so every
+    random draw must come from the generator (or the context's streams) it is given."""
+    checked = []
+    for task in _tasks(env):
+        for strategy in _instances(cls, env):
+            try:
+                first = _plan_for(strategy, task, env, env.seed)[0]
+                second = _plan_for(strategy, task, env, env.seed)[0]
+            except NotApplicable:
+                break
+            difference = _plan_difference(first, second)
+            if difference:
+                raise CheckFailed(
+                    f"{strategy.instance_name} on {task.instance_name}: two plans for seed {env.seed} differ ({difference}); "
+                    "draw randomness only from the `rng` argument or context.streams"
+                )
+        else:
+            checked.append(task.instance_name)
+    if not checked:
+        raise NotApplicable("no task to plan on")
+    return f"equal plans for equal seeds on {len(checked)} task(s)"
+
+
+def check_finished_run(cls: type, env: CheckEnv) -> str:
+    """The default instance runs to the end through the real harness (grouping, source model,
+    training, store) on the smoke suite's first task, within the time limit."""
+    from .store import Store
+    from .suites import expand_task_specs, load_suite
+    from .sweep import run_sweep
+    from .runner import RunOptions
+
+    suite = load_suite(env.smoke_suite)
+    task = expand_task_specs(env.registry, suite.sweeps[0].tasks[:1])[0]
+    strategy = cls()
+    with tempfile.TemporaryDirectory() as tmp:
+        with Store(Path(tmp) / "check.db") as store:
+            run_sweep([RunSpec(task, strategy, env.seed)], store, RunOptions(device=env.device, timeout=env.timeout), progress=False)
+            row = store.frame().iloc[0]
+    if row["status"] != "ok":
+        raise CheckFailed(f"{strategy.instance_name} on {task.instance_name}: run ended {row['status']}: {row['error']}")
+    return (
+        f"{strategy.instance_name} on {task.instance_name} finished ok in {row['target_seconds']:.2f}s "
+        f"(limit {env.timeout:g}s), target accuracy {row['target_acc']:.3f}"
+    )
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def check_task_models(cls: type, env: CheckEnv) -> str:
+    """Both roles' models are TransferModels whose layers name real parameters, whose filter
+    shapes lead those parameters' shapes, and of which at least one transfers."""
+    task = cls()
+    models = {}
+    for role in ("source", "target"):
+        model = _model(task, role, RandomStreams(env.seed).torch(f"{role}-init"))
+        if not isinstance(model, TransferModel):
+            raise CheckFailed(f"model({role!r}) returned {type(model).__name__}, not a ptbench.api.TransferModel")
+        layers = model.transfer_layers()
+        if not layers:
+            raise CheckFailed(f"model({role!r}).transfer_layers() is empty: nothing could ever be transferred")
+        names = [layer.name for layer in layers]
+        if len(set(names)) != len(names):
+            raise CheckFailed(f"model({role!r}) has two transfer layers named {sorted(n for n in names if names.count(n) > 1)[0]!r}")
+        params = dict(model.named_parameters())
+        for layer in layers:
+            for pname in layer.params:
+                if pname not in params:
+                    raise CheckFailed(f"layer {layer.name!r} names parameter {pname!r}, which model({role!r}) lacks")
+                lead = tuple(params[pname].shape[: len(layer.filter_shape)])
+                if lead != tuple(layer.filter_shape):
+                    raise CheckFailed(f"layer {layer.name!r}: {pname!r} has shape {tuple(params[pname].shape)}, which does not start with filter_shape {tuple(layer.filter_shape)}")
+            n_filters = math.prod(layer.filter_shape)
+            for pname, dim in layer.follow:
+                if pname not in params or dim >= params[pname].dim() or params[pname].shape[dim] != n_filters:
+                    raise CheckFailed(f"layer {layer.name!r} follows {pname!r} along dim {dim}, which is not of size {n_filters}")
+        models[role] = model
+    copied = TransferPlan.full(models["source"], models["target"]).fraction_copied()
+    if copied == 0:
+        raise CheckFailed("no layer transfers between the source and target models (no parameter of equal name and shape)")
+    return f"{len(models['target'].transfer_layers())} transfer layer(s); full transfer copies {copied:.0%} of the target's parameters"
+
+
+def check_task_deterministic(cls: type, env: CheckEnv) -> str:
+    """Equal generators give equal models; equal seeds give equal data, and the target data do
+    not depend on whether the source data were drawn first (strategies are paired on them)."""
+    task = cls()
+    a = _model(task, "target", RandomStreams(env.seed).torch("target-init"))
+    b = _model(task, "target", RandomStreams(env.seed).torch("target-init"))
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        if not torch.equal(p, q):
+            raise CheckFailed(f"two models from equal generators differ in {name!r}: draw initial values from the generator given")
+    try:
+        alone = task.data("target", RandomStreams(env.seed))
+    except PtbenchError as err:
+        return f"models deterministic; data not checked ({err})"
+    streams = RandomStreams(env.seed)
+    task.data("source", streams)
+    after_source = task.data("target", streams)
+    for part in ("train", "test"):
+        x, y = getattr(alone, part), getattr(after_source, part)
+        if not (torch.equal(x.x, y.x) and torch.equal(x.y, y.y)):
+            raise CheckFailed(
+                f"target {part} data differ between two draws with seed {env.seed} (one after the source data): "
+                "draw every sample from streams.torch(role) with a role of its own"
+            )
+    return "models and data deterministic; target data independent of the source draw"
+
+
+def check_task_budget(cls: type, env: CheckEnv) -> str:
+    """Each role's budget is a TrainBudget the training loop accepts."""
+    task = cls()
+    out = []
+    for role in ("source", "target"):
+        budget = task.budget(role)
+        if not isinstance(budget, TrainBudget):
+            raise CheckFailed(f"budget({role!r}) returned {type(budget).__name__}, not a TrainBudget")
+        if not isinstance(budget.steps, int) or budget.steps < 1:
+            raise CheckFailed(f"budget({role!r}).steps must be a positive int, got {budget.steps!r}")
+        if not (budget.lr > 0 and math.isfinite(budget.lr)):
+            raise CheckFailed(f"budget({role!r}).lr must be positive, got {budget.lr!r}")
+        if budget.batch_size is not None and budget.batch_size < 1:
+            raise CheckFailed(f"budget({role!r}).batch_size must be None or positive, got {budget.batch_size!r}")
+        try:
+            _optimizer(budget, [torch.nn.Parameter(torch.zeros(1))])
+            if budget.loss == "cross_entropy":
+                loss_fn(budget.loss, torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+            else:
+                loss_fn(budget.loss, torch.zeros(2), torch.ones(2))
+        except ValueError as err:
+            raise CheckFailed(f"budget({role!r}): {err}") from None
+        out.append(f"{role}: {budget.steps} steps {budget.optimizer} lr {budget.lr:g}")
+    return "; ".join(out)
+
+
+STRATEGY_CHECKS: list[Check] = [
+    check_name,
+    check_param_grid,
+    check_plan_shapes,
+    check_source_unmodified,
+    check_plan_deterministic,
+    check_finished_run,
+]
+TASK_CHECKS: list[Check] = [check_name, check_param_grid, check_task_models, check_task_deterministic, check_task_budget]
+
+
+def checks_for(cls: type) -> list[Check]:
+    if issubclass(cls, Strategy):
+        return STRATEGY_CHECKS
+    if issubclass(cls, Task):
+        return TASK_CHECKS
+    raise TypeError(f"{cls!r} is neither a Task nor a Strategy")
+
+
+def check_name_of(check: Check) -> str:
+    return check.__name__.removeprefix("check_")
+
+
+def run_check(check: Check, cls: type, env: CheckEnv) -> CheckResult:
+    """One check as a result; any exception other than NotApplicable is a failure, reported
+    in one line with where it was raised (a crash in the plugin is a broken contract too)."""
+    start = time.perf_counter()
+    try:
+        detail, passed = check(cls, env), True
+    except CheckFailed as err:
+        detail, passed = str(err), False
+    except NotApplicable as err:
+        detail, passed = str(err), None
+    except Exception as err:
+        detail, passed = _one_line(err), False
+    return CheckResult(check_name_of(check), passed, detail, time.perf_counter() - start)
+
+
+def run_checks(cls: type, env: CheckEnv) -> Iterator[CheckResult]:
+    for check in checks_for(cls):
+        yield run_check(check, cls, env)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _one_line(err: BaseException) -> str:
+    frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ else []
+    where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    return f"{type(err).__name__}: {err}{where}".replace("\n", " ")
+
+
+def _source_file(cls: type) -> Path | None:
+    try:
+        return Path(inspect.getsourcefile(cls) or "").resolve()
+    except TypeError:
+        return None
+
+
+def _instances(cls: type, env: CheckEnv) -> list[Strategy]:
+    try:
+        return cls.expand()[: env.max_instances]
+    except PtbenchError as err:
+        raise CheckFailed(f"cannot build instances: {err}") from None
+
+
+def _tasks(env: CheckEnv) -> list[Task]:
+    """The default instance of every registered task."""
+    return [env.registry.tasks[name]() for name in sorted(env.registry.tasks)]
+
+
+def _model(task: Task, role: str, generator: torch.Generator) -> TransferModel:
+    """task.model, with "this task needs its files on disk" turned into NotApplicable: some
+    tasks learn their input shape and classes from the data files."""
+    try:
+        return task.model(role, generator)
+    except PtbenchError as err:
+        raise NotApplicable(f"needs its data on disk: {err}") from None
+
+
+def _uses_data(strategy: Strategy) -> bool:
+    return type(strategy).plan_with_data is not Strategy.plan_with_data
+
+
+def _target_data(task: Task, env: CheckEnv, seed: int):
+    key = (task.key, seed)
+    if key not in env._data:
+        try:
+            env._data[key] = task.data("target", RandomStreams(seed)).to(env.device)
+        except PtbenchError as err:
+            raise NotApplicable(f"needs its data on disk: {err}") from None
+    return env._data[key]
+
+
+def _plan_for(strategy: Strategy, task: Task, env: CheckEnv, seed: int, snapshot: bool = False):
+    """(plan, donor, fresh target[, snapshots]) as the harness would plan for this seed, with
+    untrained donors and, for data-hungry strategies, a short training budget."""
+    streams = RandomStreams(seed)
+    roles = {"source": ("source", "source-init"), "target": ("target", "selffer-init")}
+    if strategy.donor not in roles:
+        raise CheckFailed(f"donor is {strategy.donor!r}; use 'source' or 'target'")
+    role, init = roles[strategy.donor]
+    donor = _model(task, role, streams.torch(init)).to(env.device)
+    target = _model(task, "target", streams.torch("target-init")).to(env.device)
+    before = {
+        "donor": {n: p.detach().clone() for n, p in donor.named_parameters()},
+        "fresh": {n: p.detach().clone() for n, p in target.named_parameters()},
+    }
+    budget = task.budget("target")
+    short = dataclasses.replace(budget, steps=min(budget.steps, env.plan_steps))
+    data = _target_data(task, env, seed).train if _uses_data(strategy) else None
+    context = PlanContext(
+        train_data=data,
+        budget=short,
+        task=task,
+        streams=streams,
+        device=env.device,
+        train=lambda model, split, plan: train(model, split, short, streams.torch("plan-batches"), plan),
+        evaluate=lambda model, split: accuracy(model, split, short.loss),
+    )
+    plan = strategy.plan_with_data(donor, target, streams.torch("plan"), context)
+    return (plan, donor, target, before) if snapshot else (plan, donor, target)
+
+
+def _plan_difference(a: TransferPlan, b: TransferPlan) -> str:
+    for kind in ("copy", "freeze"):
+        ma, mb = getattr(a, kind), getattr(b, kind)
+        if set(ma) != set(mb):
+            return f"{kind} masks name different parameters: {sorted(set(ma) ^ set(mb))}"
+        for name in ma:
+            if not torch.equal(ma[name].cpu(), mb[name].cpu()):
+                return f"{kind} mask of {name!r}"
+    if a.notes != b.notes:
+        return "notes"
+    return ""
