@@ -319,7 +319,7 @@ def load_digits_pool() -> ImagePool:
     try:
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover
-        raise PtbenchError("the digits tasks need scikit-learn: pip install 'ptbench[images]'") from None
+        raise PtbenchError("the digits tasks need scikit-learn: pip install scikit-learn") from None
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]
     return ImagePool(x=x, y=digits.target.astype(np.int64), classes=[str(i) for i in range(10)])
