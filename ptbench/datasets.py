@@ -295,7 +295,7 @@ def load_image_folder(root: str, size: int, channels: int) -> ImagePool:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # pragma: no cover - pillow comes with scikit-image and matplotlib
-        raise PtbenchError("image-folder needs pillow: pip install 'ptbench[images]'") from None
+        raise PtbenchError("image-folder needs pillow: pip install pillow") from None
     classes = image_folder_classes(image_folder_root(root))
     mode = {1: "L", 3: "RGB"}[channels]
     xs, ys = [], []
