@@ -158,9 +158,7 @@ class Store:
             ) from None
         self.conn: sqlite3.Connection | None = None
         try:
-            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self.conn.execute("PRAGMA busy_timeout = 60000")
-            self._init_schema()
+            self._open_retrying_locks()
         except sqlite3.OperationalError as err:  # cannot open, read-only, locked for a minute
             self.close()
             raise PtbenchError(f"cannot use the store {where} ({err}); pass a writable --store path") from None
@@ -170,6 +168,23 @@ class Store:
         except PtbenchError:
             self.close()
             raise
+
+    def _open_retrying_locks(self, patience: float = 60.0) -> None:
+        """Connect and create/check/migrate the schema. Switching a store to WAL needs an
+        exclusive lock, and SQLite answers "database is locked" at once, without its busy
+        handler, when processes open a new or old store together; so retry for a while."""
+        deadline = time.monotonic() + patience
+        while True:
+            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.conn.execute("PRAGMA busy_timeout = 60000")
+            try:
+                self._init_schema()
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                self.close()
+                time.sleep(0.05)
 
     def _init_schema(self) -> None:
         """Create, check or migrate. Nothing is changed in a file that turns out not to be a
