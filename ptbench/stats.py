@@ -61,8 +61,9 @@ class Interval:
         return f"{show(self.mean)} [{show(self.low)}, {show(self.high)}]"
 
 
-def mean_ci(values) -> Interval:
-    """Mean and 95% t interval over seeds."""
+def mean_ci(values, bounds: tuple[float, float] | None = None) -> Interval:
+    """Mean and 95% t interval over seeds; `bounds` clips the interval to the metric's range
+    (an accuracy interval reaching past 100% says nothing the reader can use)."""
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     n = len(x)
     if n == 0:
@@ -71,7 +72,10 @@ def mean_ci(values) -> Interval:
     if n == 1:
         return Interval(mean, mean, mean, 1)
     half = t_quantile_975(n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Interval(mean, low, high, n)
 
 
 def wilson(k: int, n: int) -> Interval:
@@ -118,12 +122,12 @@ def summarize(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
             {
                 "task": task,
                 "strategy": strategy,
-                "acc": mean_ci(g["target_acc"]),
+                "acc": mean_ci(g["target_acc"], bounds=(0.0, 1.0)),
                 "delta": mean_ci(deltas),
                 "negative": wilson(worse, len(deltas)),
                 "negative_k": worse,
                 "gap": mean_ci(-deltas),  # Wang et al.: error with source - error without
-                "source_acc": mean_ci(g["source_acc"]),
+                "source_acc": mean_ci(g["source_acc"], bounds=(0.0, 1.0)),
                 "seconds": float(g["target_seconds"].mean()),
                 "seeds": int(g["seed"].nunique()),
             }
