@@ -4,7 +4,7 @@ A suite names its report as `report = "module:function"`; the function is called
 `function(runs, out_dir, baseline) -> list[Path]` with the suite's runs only (the store may
 hold other suites' runs too) and writes whatever pages and plots it wants under out_dir. The
 harness only resolves the name and filters the runs, so a report may know its tasks (the
-paper suite's report, `ptbench.paper_report`, knows the signal-noise task) without the
+paper suite's report, `ptbench.tasks.paper_report`, knows the signal-noise task) without the
 harness knowing them.
 """
 

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from . import plots
-from .stats import Interval, mean_ci, paired_to_baseline, t_quantile_975, wilson
+from ptbench import plots
+from ptbench.stats import Interval, mean_ci, paired_to_baseline, t_quantile_975, wilson
 
 TASK = "signal-noise"
 HEAT_FRACTION = 0.5  # the heatmaps show the paper's transfer with half the filters inherited
