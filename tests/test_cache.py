@@ -90,6 +90,34 @@ def test_a_corrupt_cache_file_is_retrained_with_a_warning(tmp_path):
     torch.load(entry, weights_only=True)  # rewritten, readable again
 
 
+class Payload:
+    """An arbitrary object: unpickling it with weights_only=False would run this module's
+    code; a cache must never do that."""
+
+    unpickled = False
+
+    def __init__(self):
+        self.state = "anything"  # gives pickle a state to restore, so __setstate__ runs
+
+    def __setstate__(self, state):
+        type(self).unpickled = True
+
+
+def test_a_cache_file_holding_an_arbitrary_pickled_object_is_refused_and_retrained(tmp_path):
+    cache = tmp_path / "cache"
+    _, before = sweep(tmp_path / "a.db", [Scratch(), Full()], cache, seeds=(0,))
+    (entry,) = cache.glob("*.pt")
+    torch.save({"model": Payload(), "note": "planted"}, entry)
+    Payload.unpickled = False
+    CountingSignalNoise.source_draws = 0
+    with pytest.warns(CacheWarning):
+        _, after = sweep(tmp_path / "b.db", [Scratch(), Full()], cache, seeds=(0,))
+    assert not Payload.unpickled  # weights_only=True refused it without building the object
+    assert CountingSignalNoise.source_draws == 1  # retrained
+    assert list(after["target_acc"]) == list(before["target_acc"])
+    torch.load(entry, weights_only=True)  # replaced by a proper entry
+
+
 def test_a_cache_file_for_another_key_is_retrained_with_a_warning(tmp_path):
     cache = tmp_path / "cache"
     sweep(tmp_path / "a.db", [Scratch()], cache, seeds=(0, 1))
