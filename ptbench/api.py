@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -395,10 +395,3 @@ class RunResult:
             key=spec.key,
             **fields,
         )
-
-
-def iter_params_with_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator[tuple[torch.nn.Parameter, torch.Tensor]]:
-    """(parameter, mask) for every parameter that has a mask."""
-    for name, param in model.named_parameters():
-        if name in masks:
-            yield param, masks[name]

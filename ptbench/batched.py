@@ -28,7 +28,7 @@ from typing import Iterator
 
 import torch
 
-from .api import PlanContext, RunResult, RunSpec, TaskData, TransferModel, TransferPlan
+from .api import PlanContext, RunResult, RunSpec, TaskData, TransferModel
 from .cache import DonorCache
 from .engines import BatchedEngine, BatchJob
 from .errors import PtbenchError

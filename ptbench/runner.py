@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .api import PlanContext, RunResult, RunSpec, Split, Strategy, Task, TaskData, TransferPlan
+from .api import PlanContext, RunResult, RunSpec, Strategy, Task, TaskData
 from .cache import CacheWarning, DonorCache
 from .errors import PtbenchError
 from .rng import RandomStreams

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 import torch
@@ -318,7 +318,3 @@ def export_frame(df: pd.DataFrame, fmt: str, out: str | Path | None) -> str | No
         return text
     Path(out).write_text(text)
     return None
-
-
-def iter_ok(df: pd.DataFrame) -> Iterable[pd.DataFrame]:
-    return df[df["status"] == "ok"]
