@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ptbench.api import RunSpec
-from ptbench.engines.two_layer_cnn import TwoLayerCNNEngine
-from ptbench.executors import LocalExecutor
-from ptbench.runner import RunOptions, group_specs
+from ptbench.tasks.signal_noise.engine import TwoLayerCNNEngine
+from ptbench.sweep.execute import LocalExecutor
+from ptbench.run.per_run import RunOptions, group_specs
 from ptbench.strategies.full import Full
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.scratch import Scratch

@@ -1,7 +1,7 @@
 """How long the paper suite's runs take on this machine (pytest-benchmark; run with
 `pytest benchmarks --benchmark-enable`).
 
-The suite (tasks/suites/paper.toml) is 420 groups of one source model and 3 to 11 target
+The suite (suites/paper.toml) is 420 groups of one source model and 3 to 11 target
 models at d = 500, 300 full-batch steps. The two groups timed here are its cheapest typical
 and its most expensive kind: a heatmap cell (source + 3 targets) and a fraction-sweep cell
 (source + 11 targets). The suite's total is about 360 of the first kind plus 40 of the second
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from ptbench.api import RunSpec
-from ptbench.params import parse_spec
+from ptbench.spec import parse_spec
 from ptbench.registry import default_registry
-from ptbench.runner import RunOptions, group_specs, run_group
+from ptbench.run.per_run import RunOptions, group_specs, run_group
 
 TASK = "signal-noise[d=500,steps=300,n_target=20,n_source=100,shared=1.0]"
 HEATMAP = ["scratch", "partial-filters[fraction=0.5,freeze=[false,true]]"]

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .params import Parametrized
+from .spec import Parametrized
 from .rng import RandomStreams
 
 # --------------------------------------------------------------------------- data and budgets
@@ -278,7 +278,7 @@ class Task(Parametrized):
         return 0
 
     def batched_engine(self) -> Any:
-        """A `ptbench.engines.BatchedEngine` that trains many runs of this task's model as one
+        """A `ptbench.run.engines.BatchedEngine` that trains many runs of this task's model as one
         tensor program, or None (the default: every run takes the per-run path). The runner
         still sends it only the runs it `supports`; strategies with training hooks never."""
         return None
@@ -321,7 +321,7 @@ class Strategy(Parametrized):
     @classmethod
     def leaderboard_section(cls, summary: "Any") -> str | None:
         """Extra markdown for the leaderboard when this strategy has results (optional).
-        `summary` is `ptbench.stats.summarize`'s table over all tasks and strategies."""
+        `summary` is `ptbench.results.stats.summarize`'s table over all tasks and strategies."""
         return None
 
     @classmethod

@@ -31,10 +31,10 @@ import torch
 
 from .api import PlanContext, RunSpec, Strategy, Task, TrainBudget, TransferModel, TransferPlan
 from .errors import PtbenchError
-from .params import parse_spec
+from .spec import parse_spec
 from .registry import Registry
 from .rng import RandomStreams
-from .train import _optimizer, accuracy, loss_fn, train
+from .run.training import _optimizer, accuracy, loss_fn, train
 
 
 class CheckFailed(AssertionError):
@@ -228,10 +228,10 @@ def check_plan_deterministic(cls: type, env: CheckEnv) -> str:
 def check_finished_run(cls: type, env: CheckEnv) -> str:
     """The default instance runs to the end through the real harness (grouping, source model,
     training, store) on the smoke suite's first task, within the time limit."""
-    from .store import Store
-    from .suites import expand_task_specs, load_suite
-    from .sweep import run_sweep
-    from .runner import RunOptions
+    from .results.store import Store
+    from .sweep.plan import expand_task_specs, load_suite
+    from .sweep.sweep import run_sweep
+    from .run.per_run import RunOptions
 
     suite = load_suite(env.smoke_suite)
     task = expand_task_specs(env.registry, suite.sweeps[0].tasks[:1])[0]

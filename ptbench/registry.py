@@ -68,9 +68,12 @@ class Registry:
     def load_builtins(self) -> None:
         for package_name in ("ptbench.tasks", "ptbench.strategies"):
             package = importlib.import_module(package_name)
-            for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-                module = importlib.import_module(f"{package_name}.{info.name}")
-                self.add_module(module, f"built-in {package_name}.{info.name}")
+            # walk_packages, not iter_modules: a task family is a package of modules
+            # (tasks/signal_noise/task.py), and its classes live in those modules.
+            infos = pkgutil.walk_packages(package.__path__, prefix=f"{package_name}.")
+            for info in sorted(infos, key=lambda i: i.name):
+                module = importlib.import_module(info.name)
+                self.add_module(module, f"built-in {info.name}")
 
     def load_entry_points(self) -> None:
         for group in ("ptbench.tasks", "ptbench.strategies"):

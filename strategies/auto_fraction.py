@@ -35,8 +35,8 @@ import torch
 from tabulate import tabulate
 
 from ptbench.api import Split, Strategy, TransferPlan
-from ptbench.params import parse_spec
-from ptbench.train import Diverged, loss_fn
+from ptbench.spec import parse_spec
+from ptbench.run.training import Diverged, loss_fn
 
 
 class AutoFraction(Strategy):

@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 import torch
 
-from ptbench.store import SCHEMA_VERSION
+from ptbench.results.store import SCHEMA_VERSION
 
 TASK = "signal-noise[d=100,n_test=200,steps=50]"
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from ptbench.api import RunSpec, TransferPlan
-from ptbench.leaderboard import render
+from ptbench.results.leaderboard import render
 from ptbench.rng import RandomStreams
-from ptbench.runner import RunOptions
-from ptbench.store import Store
+from ptbench.run.per_run import RunOptions
+from ptbench.results.store import Store
 from ptbench.strategies.auto_fraction import AutoFraction
 from ptbench.strategies.full import Full
 from ptbench.strategies.l2_sp import L2SP
@@ -20,8 +20,8 @@ from ptbench.strategies.lp_ft import LPFT
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.reinit_head import ReinitHead
 from ptbench.strategies.scratch import Scratch
-from ptbench.sweep import run_sweep
-from ptbench.train import train
+from ptbench.sweep.sweep import run_sweep
+from ptbench.run.training import train
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_lp_ft_with_nothing_fresh_is_plain_fine_tuning(trained):
 @pytest.fixture(scope="module")
 def headed():
     """Source and target image CNNs that may share their head (same classes)."""
-    from ptbench.image_models import SmallCNN
+    from ptbench.tasks.images.models import SmallCNN
 
     streams = RandomStreams(0)
     source = SmallCNN(1, 8, 5, streams.torch("source-init"), width=4, depth=2)
@@ -174,7 +174,7 @@ def test_auto_fraction_returns_the_plan_of_the_winning_candidate(trained):
     target = task.model("target", streams.torch("target-init"))
     fresh = copy.deepcopy(target)
     from ptbench.api import PlanContext
-    from ptbench.train import accuracy
+    from ptbench.run.training import accuracy
 
     budget = task.budget("target")
     context = PlanContext(

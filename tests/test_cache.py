@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from ptbench.api import RunSpec
-from ptbench.cache import CacheWarning, DonorCache, code_hash
+from ptbench.run.cache import CacheWarning, DonorCache, code_hash
 from ptbench.registry import Registry
-from ptbench.runner import RunOptions
-from ptbench.store import Store
+from ptbench.run.per_run import RunOptions
+from ptbench.results.store import Store
 from ptbench.strategies.full import Full
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.scratch import Scratch
 from ptbench.strategies.selffer import Selffer
-from ptbench.sweep import run_sweep
+from ptbench.sweep.sweep import run_sweep
 from ptbench.tasks.signal_noise import SignalNoise
 
 from conftest import SMALL_TASK

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from ptbench.stats import mean_ci
-from ptbench.store import Store
+from ptbench.results.stats import mean_ci
+from ptbench.results.store import Store
 
 A_ACC = [0.80, 0.82, 0.84, 0.86, 0.88]
 B_SHIFT = [0.01, 0.03, 0.02, 0.02, 0.02]  # B is 2 points better on average

@@ -25,7 +25,7 @@ from ptbench.contract import (
     run_check,
 )
 from ptbench.registry import default_registry
-from ptbench.store import Store
+from ptbench.results.store import Store
 from ptbench.tasks.signal_noise import SignalNoise
 
 REGISTRY = default_registry()

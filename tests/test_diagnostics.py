@@ -9,9 +9,9 @@ import torch
 
 from ptbench.api import RunSpec
 from ptbench.errors import PtbenchError
-from ptbench.params import parse_spec
+from ptbench.spec import parse_spec
 from ptbench.rng import RandomStreams
-from ptbench.runner import RunOptions, group_specs, run_group
+from ptbench.run.per_run import RunOptions, group_specs, run_group
 
 
 def run(registry, task, *strategies: str, seed: int = 0) -> dict:

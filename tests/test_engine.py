@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from ptbench.api import RunSpec, Split, Strategy, TransferPlan
-from ptbench.engines import BatchJob
-from ptbench.engines.two_layer_cnn import PatchSplit, TwoLayerCNNEngine
-from ptbench.executors import LocalExecutor
+from ptbench.run.engines import BatchJob
+from ptbench.tasks.signal_noise.data import PatchSplit
+from ptbench.tasks.signal_noise.engine import TwoLayerCNNEngine
+from ptbench.sweep.execute import LocalExecutor
 from ptbench.rng import RandomStreams
-from ptbench.runner import RunOptions, group_specs, run_group
+from ptbench.run.per_run import RunOptions, group_specs, run_group
 from ptbench.strategies.full import Full
 from ptbench.strategies.l2_sp import L2SP
 from ptbench.strategies.partial_filters import PartialFilters
@@ -23,8 +24,8 @@ from ptbench.strategies.partial_layers import PartialLayers
 from ptbench.strategies.reinit_head import ReinitHead
 from ptbench.strategies.scratch import Scratch
 from ptbench.strategies.selffer import Selffer
-from ptbench.train import accuracy, train
-from ptbench.units import make_units
+from ptbench.run.training import accuracy, train
+from ptbench.sweep.units import make_units
 
 STRATEGIES = [
     Scratch(),

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from ptbench.api import RunSpec
-from ptbench.executors import DaskExecutor, LocalExecutor, ProcessExecutor, make_executor
+from ptbench.sweep.execute import DaskExecutor, LocalExecutor, ProcessExecutor, make_executor
 from ptbench.errors import PtbenchError
-from ptbench.runner import RunOptions, group_specs
-from ptbench.store import Store
+from ptbench.run.per_run import RunOptions, group_specs
+from ptbench.results.store import Store
 from ptbench.strategies.full import Full
 from ptbench.strategies.l2_sp import L2SP
 from ptbench.strategies.partial_filters import PartialFilters

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptbench.datasets import load_cifar, load_idx_dataset, load_image_folder, read_idx
+from ptbench.tasks.images.datasets import load_cifar, load_idx_dataset, load_image_folder, read_idx
 from ptbench.errors import PtbenchError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ptbench.api import Split, TrainBudget, TransferPlan
-from ptbench.image_models import ResNet18, SmallCNN, build_image_model, pool_after
-from ptbench.train import train
+from ptbench.tasks.images.models import ResNet18, SmallCNN, build_image_model, pool_after
+from ptbench.run.training import train
 
 
 def gen(seed: int) -> torch.Generator:

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from ptbench.datasets import load_digits_pool
+from ptbench.tasks.images.datasets import load_digits_pool
 from ptbench.errors import PtbenchError
-from ptbench.image_tasks import draw_split, noisy_labels, parse_classes
+from ptbench.tasks.images.base import draw_split, noisy_labels, parse_classes
 from ptbench.registry import default_registry
 from ptbench.rng import RandomStreams
-from ptbench.runner import RunOptions
-from ptbench.store import Store
-from ptbench.suites import expand, load_suite
-from ptbench.sweep import run_sweep
+from ptbench.run.per_run import RunOptions
+from ptbench.results.store import Store
+from ptbench.sweep.plan import expand, load_suite
+from ptbench.sweep.sweep import run_sweep
 from test_image_datasets import write_cifar10, write_image_folder, write_mnist
 
 REGISTRY = default_registry()
@@ -110,7 +110,7 @@ def test_cross_domain_pair_textures_to_digits():
 
 
 def test_patch_test_regions_are_disjoint_from_training_regions(monkeypatch):
-    from ptbench.tasks import cross_domain
+    from ptbench.tasks.images import cross_domain
 
     # a picture whose grey value is its column: a patch's mean tells where it was cut from
     ramp = np.tile(np.arange(100, dtype=np.float32) / 100, (40, 1))

@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from ptbench.leaderboard import render, write
-from ptbench.stats import mean_ci, overall_ranks, paired_to_baseline, summarize, t_quantile_975, wilson
-from ptbench.store import Store, open_existing
+from ptbench.results.leaderboard import render, write
+from ptbench.results.stats import mean_ci, overall_ranks, paired_to_baseline, summarize, t_quantile_975, wilson
+from ptbench.results.store import Store, open_existing
 
 T975_DF3 = 3.182  # two-sided 95% Student t quantile, 3 degrees of freedom (4 seeds)
 GOOD = "partial-filters[fraction=0.5]"

@@ -1,7 +1,7 @@
 """The store's schema version: older stores are migrated in place, newer ones refused untouched.
 
 The version-1 schema is written out here as literal SQL, exactly as ptbench 0.1.0 created
-it, rather than imported from ptbench.store: the test must keep describing the stores that
+it, rather than imported from ptbench.results.store: the test must keep describing the stores that
 exist in the wild even after the code that made them has changed.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from ptbench.api import RunResult
 from ptbench.errors import PtbenchError
-from ptbench.store import COLUMN_NAMES, SCHEMA_VERSION, Store
+from ptbench.results.store import COLUMN_NAMES, SCHEMA_VERSION, Store
 
 V1_DDL = [
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)",

@@ -9,7 +9,7 @@ import dataclasses
 import torch
 
 from ptbench.api import RunSpec
-from ptbench.runner import Group, RunOptions, run_group
+from ptbench.run.per_run import Group, RunOptions, run_group
 from ptbench.strategies.full import Full
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.scratch import Scratch

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from ptbench.errors import PtbenchError
-from ptbench.params import parse_spec, parse_value
+from ptbench.spec import parse_spec, parse_value
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.scratch import Scratch
-from ptbench.suites import expand, load_suite, parse_suite
+from ptbench.sweep.plan import expand, load_suite, parse_suite
 from ptbench.tasks.signal_noise import SignalNoise
 
 # --------------------------------------------------------------------------- parsing

@@ -10,12 +10,12 @@ import torch
 from ptbench.api import RunSpec, Strategy, TrainBudget, TransferPlan
 from ptbench.errors import PtbenchError
 from ptbench.rng import RandomStreams
-from ptbench.runner import Group, RunOptions, run_group
+from ptbench.run.per_run import Group, RunOptions, run_group
 from ptbench.strategies.full import Full
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.partial_layers import PartialLayers
 from ptbench.strategies.scratch import Scratch
-from ptbench.train import train
+from ptbench.run.training import train
 
 M = 10
 

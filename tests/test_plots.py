@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from ptbench import plots
+from ptbench.results import plots
 from ptbench.errors import PtbenchError
-from ptbench.tasks.paper_report import boundary_ratio, prepare
-from ptbench.stats import mean_ci
-from ptbench.store import open_existing
+from ptbench.reports.paper import boundary_ratio, prepare
+from ptbench.results.stats import mean_ci
+from ptbench.results.store import open_existing
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -21,7 +21,7 @@ BASE = "d=60,m=10,steps=30,n_target=10,n_test=200"
 SUITE = f"""
 description = "a miniature of the paper suite"
 seeds = 2
-report = "ptbench.tasks.paper_report:write_report"
+report = "ptbench.reports.paper:write_report"
 
 [[sweep]]
 tasks = ["signal-noise[{BASE},shared=[0.25,2.0],n_source=[10,40]]"]
@@ -128,8 +128,8 @@ def test_report_command_regenerates_and_refuses_suites_without_a_report(paper, c
 def test_an_empty_store_gives_a_page_that_says_so(tmp_path):
     import pandas as pd
 
-    from ptbench.tasks.paper_report import write_report
-    from ptbench.store import COLUMN_NAMES
+    from ptbench.reports.paper import write_report
+    from ptbench.results.store import COLUMN_NAMES
 
     written = write_report(pd.DataFrame(columns=COLUMN_NAMES), tmp_path)
     assert written == [tmp_path / "paper.md"]
@@ -139,7 +139,7 @@ def test_an_empty_store_gives_a_page_that_says_so(tmp_path):
 @pytest.mark.parametrize("value, message", [
     ("5", "report must be a string 'module:function'"),
     ('"ptbench.no_such_module:write"', "cannot import 'ptbench.no_such_module'"),
-    ('"ptbench.tasks.paper_report:no_such_function"', "has no function 'no_such_function'"),
+    ('"ptbench.reports.paper:no_such_function"', "has no function 'no_such_function'"),
 ])
 def test_a_bad_report_key_is_a_user_error(cli, tmp_path, value, message):
     suite = tmp_path / "bad.toml"
@@ -149,11 +149,11 @@ def test_a_bad_report_key_is_a_user_error(cli, tmp_path, value, message):
 
 
 def test_the_paper_suite_straddles_the_benign_harmful_boundary(registry):
-    from ptbench.suites import expand, load_suite
+    from ptbench.sweep.plan import expand, load_suite
 
     suite = load_suite("paper")
     specs = expand(suite, registry)
-    assert suite.seeds >= 10 and suite.report == "ptbench.tasks.paper_report:write_report"
+    assert suite.seeds >= 10 and suite.report == "ptbench.reports.paper:write_report"
     assert {s.seed for s in specs} == set(range(suite.seeds))
     ratios = {s.task.key: boundary_ratio(s.task.values) for s in specs}
     assert min(ratios.values()) < 0.1 and max(ratios.values()) > 10  # both sides of R = 1, by a margin

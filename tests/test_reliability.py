@@ -22,7 +22,7 @@ import torch
 
 import ptbench
 from ptbench.api import RunResult
-from ptbench.store import Store, provenance
+from ptbench.results.store import Store, provenance
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ def store(cli, task_spec, tmp_path):
 
 def test_show_prints_the_record_and_its_diagnostics(cli, store, task_spec):
     from ptbench.registry import default_registry
-    from ptbench.params import parse_spec
+    from ptbench.spec import parse_spec
 
     name, fixed = parse_spec(task_spec(steps=30, trace=10))
     task = default_registry().task(name).expand(fixed)[0].instance_name
@@ -53,7 +53,7 @@ def test_show_json_has_every_field_and_the_whole_trajectory(cli, store):
 
 
 def test_show_accepts_the_exact_key(cli, store):
-    from ptbench.store import open_existing
+    from ptbench.results.store import open_existing
 
     with open_existing(store) as s:
         key = s.frame()["key"].iloc[0]

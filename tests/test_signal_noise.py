@@ -123,7 +123,7 @@ def test_model_shape_and_initial_scale(make_task):
 
 
 def test_diagnostics_measure_signal_learning_of_a_trained_model(make_task):
-    from ptbench.train import train
+    from ptbench.run.training import train
 
     task = make_task(label_flip=0.0)
     streams = RandomStreams(0)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ptbench.stats import (
+from ptbench.results.stats import (
     Interval,
     mean_ci,
     negative_transfer_gap,

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from ptbench.errors import PtbenchError
-from ptbench.runner import RunOptions
-from ptbench.store import COLUMN_NAMES, SCHEMA_VERSION, Store, export_frame, open_existing
-from ptbench.suites import expand, parse_suite
-from ptbench.sweep import run_sweep
+from ptbench.run.per_run import RunOptions
+from ptbench.results.store import COLUMN_NAMES, SCHEMA_VERSION, Store, export_frame, open_existing
+from ptbench.sweep.plan import expand, parse_suite
+from ptbench.sweep.sweep import run_sweep
 
 
 def test_round_trip_decodes_json_columns(tmp_path, result):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ptbench.store import Store
+from ptbench.results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ["name", "param_grid", "plan_shapes", "source_unmodified", "plan_deterministic", "finished_run"]

@@ -10,7 +10,7 @@ import torch
 
 from ptbench.api import Split, TrainBudget
 from ptbench.rng import RandomStreams
-from ptbench.train import Diverged, RunTimeout, accuracy, loss_fn, train
+from ptbench.run.training import Diverged, RunTimeout, accuracy, loss_fn, train
 
 
 def _fresh(task, seed=0, role="source"):

@@ -1,0 +1,257 @@
+"""`ptbench compare`: two stores side by side, or two strategies within one store, paired."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from ptbench.errors import PtbenchError
+from ptbench.spec import parse_spec
+from ptbench.results.stats import Interval, mean_ci, paired_deltas
+from ptbench.results.store import open_existing
+from ptbench.cli._common import DEFAULT_STORE
+
+NAME = "compare"
+HELP = "compare two stores, or two strategies in one store: paired differences per task"
+DESCRIPTION = """\
+Side-by-side markdown tables with paired differences and 95% t intervals over seeds.
+
+Two stores (before and after a change, CPU against GPU): runs are paired by task, strategy
+and seed (instance names, as the leaderboard prints them); one table per task, one row per
+strategy, B minus A. --strategy / --task narrow what is shown.
+
+Two strategies in one store: runs are paired by task and seed; one row per task, the second
+strategy minus the first. Each SPEC must pick one strategy variant per task.
+
+examples:
+  python -m ptbench compare --store before.db --store after.db
+  python -m ptbench compare --store cpu.db --store gpu.db --metric target_seconds
+  python -m ptbench compare --strategy scratch --strategy 'partial-filters[fraction=0.5,freeze=false]'
+  python -m ptbench compare --store a.db --store b.db --out compare.md
+"""
+
+METRICS = {
+    # name: (scale, digits, unit of the mean, unit of the difference)
+    "target_acc": (100.0, 1, "%", "pp"),
+    "target_train_acc": (100.0, 1, "%", "pp"),
+    "source_acc": (100.0, 1, "%", "pp"),
+    "target_seconds": (1.0, 3, "s", "s"),
+    "source_seconds": (1.0, 3, "s", "s"),
+}
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", action="append", default=[], metavar="PATH",
+                   help=f"a results store; give it twice to compare two stores (default: {DEFAULT_STORE})")
+    p.add_argument("--strategy", action="append", default=[], metavar="SPEC",
+                   help="with one store: exactly two, compared with each other; with two stores: only these")
+    p.add_argument("--task", action="append", default=[], metavar="SPEC", help="only tasks matching SPEC (repeatable)")
+    p.add_argument("--metric", default="target_acc", choices=sorted(METRICS), help="what to compare (default: target_acc)")
+    p.add_argument("--out", default=None, metavar="FILE", help="write the markdown here (default: standard output)")
+
+
+# --------------------------------------------------------------------------- selecting runs
+
+
+def spec_mask(runs: pd.DataFrame, column: str, spec: str) -> pd.Series:
+    """Rows whose `column` plugin (task or strategy) matches SPEC: same name, and every
+    parameter the SPEC names has one of the SPEC's values (the rest may be anything)."""
+    name, fixed = parse_spec(spec)
+    names = runs[column].str.split("[", n=1).str[0]
+    params = runs[f"{column}_params"]
+    ok = [
+        n == name and all(k in p and p[k] in values for k, values in fixed.items())
+        for n, p in zip(names, params)
+    ]
+    return pd.Series(ok, index=runs.index, dtype=bool)
+
+
+def select(runs: pd.DataFrame, column: str, specs: list[str]) -> pd.DataFrame:
+    if not specs:
+        return runs
+    mask = pd.Series(False, index=runs.index)
+    for spec in specs:
+        hit = spec_mask(runs, column, spec)
+        if not hit.any():
+            raise PtbenchError(f"no stored run has a {column} matching {spec!r}; `python -m ptbench export` lists the runs")
+        mask |= hit
+    return runs[mask]
+
+
+def _ok(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with open_existing(path) as store:
+        runs = store.frame()
+    return runs, runs[runs["status"] == "ok"]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _fmt(interval: Interval, metric: str, signed: bool = False) -> str:
+    scale, digits, _, _ = METRICS[metric]
+    return interval.fmt(scale=scale, digits=digits, signed=signed)
+
+
+def _verdict(delta: Interval) -> str:
+    if delta.above_zero:
+        return "higher"
+    if delta.below_zero:
+        return "lower"
+    return "—" if delta.n >= 2 else "n/a"
+
+
+def _provenance(runs: pd.DataFrame) -> str:
+    def values(column: str, width: int | None = None) -> str:
+        found = sorted({str(v)[:width] if width else str(v) for v in runs[column].dropna()})
+        return ", ".join(found) or "?"
+
+    return (f"{len(runs)} runs, ptbench {values('ptbench_version')}, torch {values('torch_version')}, "
+            f"commit {values('git_commit', 10)}, device {values('device')}")
+
+
+def _pair(a: pd.DataFrame, b: pd.DataFrame, on: list[str], metric: str) -> pd.DataFrame:
+    try:
+        return paired_deltas(a, b, on, metric)
+    except ValueError as err:  # two runs under one name: the store mixes two versions of a plugin
+        raise PtbenchError(f"cannot pair runs: {err}; narrow the comparison with --task/--strategy") from None
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
+
+
+# --------------------------------------------------------------------------- two stores
+
+
+def compare_stores(path_a: str, path_b: str, tasks: list[str], strategies: list[str], metric: str) -> str:
+    all_a, a = _ok(path_a)
+    all_b, b = _ok(path_b)
+    a = select(select(a, "task", tasks), "strategy", strategies)
+    b = select(select(b, "task", tasks), "strategy", strategies)
+    on = ["task", "strategy", "seed"]
+    pairs = _pair(a, b, on, metric)
+    _, _, unit, dunit = METRICS[metric]
+    name_a, name_b = Path(path_a).name, Path(path_b).name
+    if name_a == name_b:
+        name_a, name_b = path_a, path_b
+    lines = [
+        f"# Compare `{name_a}` (A) with `{name_b}` (B): {metric}",
+        "",
+        f"- A: `{path_a}`: {_provenance(all_a)}",
+        f"- B: `{path_b}`: {_provenance(all_b)}",
+        "",
+        f"Runs are paired by task, strategy and seed; both columns use the paired runs only. B − A is the "
+        f"paired difference in {dunit} with a 95% t interval over seeds; *higher*/*lower* means the interval "
+        "excludes zero. " + _unpaired(a, b, pairs),
+        "",
+    ]
+    if pairs.empty:
+        return "\n".join(lines + ["No runs are in both stores: nothing to compare.", ""])
+    summary_at = len(lines)
+    verdicts = {"higher": 0, "lower": 0}
+    for task, group in pairs.groupby("task", sort=True):
+        body = []
+        for strategy, g in group.groupby("strategy", sort=True):
+            delta = mean_ci(g["delta"])
+            verdict = _verdict(delta)
+            verdicts[verdict] = verdicts.get(verdict, 0) + 1
+            body.append([f"`{strategy}`", _fmt(mean_ci(g["a"]), metric), _fmt(mean_ci(g["b"]), metric),
+                         _fmt(delta, metric, signed=True), str(len(g)), f"{int((g['delta'] < 0).sum())}/{len(g)}", verdict])
+        headers = ["strategy", f"A {unit} [95% CI]", f"B {unit} [95% CI]", f"B − A ({dunit}) [95% CI]", "pairs", "seeds B < A", "B vs A"]
+        lines += [f"## `{task}`", "", _table(body, headers), ""]
+    total = pairs.groupby(["task", "strategy"]).ngroups
+    lines[summary_at:summary_at] = [
+        f"Summary: of {total} (task, strategy) combinations, B is higher in {verdicts['higher']} and lower in "
+        f"{verdicts['lower']} beyond seed noise.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _unpaired(a: pd.DataFrame, b: pd.DataFrame, pairs: pd.DataFrame) -> str:
+    only_a, only_b = len(a) - len(pairs), len(b) - len(pairs)
+    if not only_a and not only_b:
+        return "Every run has a partner."
+    return f"Without a partner (left out): {only_a} run(s) of A, {only_b} of B."
+
+
+# --------------------------------------------------------------------------- two strategies
+
+
+def _one_variant(rows: pd.DataFrame, spec: str) -> pd.DataFrame:
+    """Check that SPEC picked one strategy variant per task."""
+    counts = rows.groupby("task")["strategy"].nunique()
+    many = counts[counts > 1]
+    if len(many):
+        task = many.index[0]
+        found = sorted(rows[rows["task"] == task]["strategy"].unique())
+        raise PtbenchError(
+            f"--strategy {spec!r} matches {len(found)} variants on task {task}: {', '.join(found[:4])}; "
+            "give the parameters that tell them apart"
+        )
+    return rows
+
+
+def compare_strategies(path: str, spec_a: str, spec_b: str, tasks: list[str], metric: str) -> str:
+    all_runs, ok = _ok(path)
+    ok = select(ok, "task", tasks)
+    a = _one_variant(ok[spec_mask(ok, "strategy", spec_a)], spec_a)
+    b = _one_variant(ok[spec_mask(ok, "strategy", spec_b)], spec_b)
+    for spec, rows in ((spec_a, a), (spec_b, b)):
+        if rows.empty:
+            raise PtbenchError(f"no ok run in {path!r} has a strategy matching {spec!r}; `python -m ptbench export` lists the runs")
+    pairs = _pair(a, b, ["task", "seed"], metric)
+    _, _, unit, dunit = METRICS[metric]
+    lines = [
+        f"# Compare `{spec_a}` (A) with `{spec_b}` (B): {metric}",
+        "",
+        f"Store `{path}`: {_provenance(all_runs)}.",
+        "",
+        f"Runs are paired by task and seed (same target data, same initialisation of whatever is not inherited); "
+        f"both columns use the paired runs only. B − A is the paired difference in {dunit} with a 95% t interval over "
+        "seeds; *higher*/*lower* means the interval excludes zero. " + _unpaired(a, b, pairs),
+        "",
+    ]
+    if pairs.empty:
+        return "\n".join(lines + ["The two strategies share no (task, seed): nothing to compare.", ""])
+    names = {t: (g["strategy"].iloc[0]) for t, g in a.groupby("task")}
+    names_b = {t: (g["strategy"].iloc[0]) for t, g in b.groupby("task")}
+    body = []
+    for task, g in pairs.groupby("task", sort=True):
+        delta = mean_ci(g["delta"])
+        body.append([f"`{task}`", f"`{names[task]}`", _fmt(mean_ci(g["a"]), metric), f"`{names_b[task]}`", _fmt(mean_ci(g["b"]), metric),
+                     _fmt(delta, metric, signed=True), str(len(g)), f"{int((g['delta'] < 0).sum())}/{len(g)}", _verdict(delta)])
+    headers = ["task", "A", f"A {unit} [95% CI]", "B", f"B {unit} [95% CI]", f"B − A ({dunit}) [95% CI]", "pairs", "seeds B < A", "B vs A"]
+    lines += [_table(body, headers), ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(args: argparse.Namespace) -> int:
+    stores = args.store or [DEFAULT_STORE]
+    if len(stores) > 2:
+        raise PtbenchError(f"compare takes one or two --store, got {len(stores)}")
+    if len(stores) == 2:
+        text = compare_stores(stores[0], stores[1], args.task, args.strategy, args.metric)
+    else:
+        if len(args.strategy) != 2:
+            raise PtbenchError(
+                "with one store, give exactly two --strategy SPECs to compare (or a second --store to compare stores); "
+                f"got {len(args.strategy)}"
+            )
+        text = compare_strategies(stores[0], args.strategy[0], args.strategy[1], args.task, args.metric)
+    if args.out:
+        try:
+            Path(args.out).write_text(text)
+        except OSError as err:
+            raise PtbenchError(f"cannot write {args.out!r}: {err.strerror}; pass another --out") from None
+        print(args.out)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,46 @@
+"""`ptbench report`: regenerate a suite's own pages (its `report`) from a store, without running."""
+
+from __future__ import annotations
+
+import argparse
+
+from ptbench.errors import PtbenchError
+from ptbench.registry import default_registry
+from ptbench.results.suite_report import load_report, write_report
+from ptbench.results.store import open_existing
+from ptbench.sweep.plan import expand, load_suite
+from ptbench.cli._common import add_plugins, add_store
+
+NAME = "report"
+HELP = "write a suite's report pages (e.g. the paper suite's plots) from the store"
+DESCRIPTION = """\
+Write the pages a suite's `report` key names, from the runs of that suite already in the
+store (`python -m ptbench run --suite NAME` writes them too, after running).
+
+examples:
+  python -m ptbench report --suite paper --store results/paper.db --out leaderboard
+"""
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", default="paper", metavar="NAME|FILE", help="built-in suite name or a suite .toml (default: paper)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default: the suite's)")
+    add_store(p)
+    p.add_argument("--out", default="leaderboard", metavar="DIR", help="output folder (default: leaderboard)")
+    add_plugins(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    if not suite.report:
+        raise PtbenchError(
+            f"suite {suite.name!r} has no report; `python -m ptbench leaderboard` writes the tables every suite gets"
+        )
+    load_report(suite.report)  # a wrong report key is reported before anything is read
+    specs = expand(suite, default_registry(args.plugin), seeds=args.seeds)
+    with open_existing(args.store) as store:
+        runs = store.frame()
+    written = write_report(suite.report, runs, specs, args.out, suite.baseline)
+    for path in written:
+        print(path)
+    return 0

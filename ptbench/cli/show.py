@@ -1,0 +1,144 @@
+"""`ptbench show RUN`: one run's stored record, diagnostics included."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from ptbench.errors import PtbenchError
+from ptbench.results.store import open_existing
+from ptbench.cli._common import add_store
+
+NAME = "show"
+HELP = "print one run's record, diagnostics included"
+DESCRIPTION = """\
+Print one stored run: identity, status, accuracies, timings, provenance and the task's
+diagnostics (measured after source training and after target training), with the first and
+last record of any trajectory. --json prints the whole record, trajectories included.
+
+RUN is the run's key, or TASK|STRATEGY|SEED with the instance names the leaderboard prints,
+or any part of either that only one run contains.
+
+examples:
+  python -m ptbench show 'signal-noise[shared=2.0]|scratch|3'
+  python -m ptbench show --store results/paper.db --json 'fraction=0.5,freeze=False]|4'
+"""
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run key, TASK|STRATEGY|SEED, or a part of either that names one run")
+    add_store(p)
+    p.add_argument("--json", action="store_true", help="the whole record as JSON (trajectories included)")
+
+
+def find_run(runs: pd.DataFrame, query: str) -> pd.Series:
+    """The one run `query` names, or a PtbenchError that lists the candidates."""
+    names = runs["task"] + "|" + runs["strategy"] + "|" + runs["seed"].astype(str)
+    for exact in (runs["key"] == query, names == query):
+        if exact.sum() == 1:
+            return runs[exact].iloc[0]
+    hits = runs[runs["key"].str.contains(query, regex=False) | names.str.contains(query, regex=False)]
+    if len(hits) == 1:
+        return hits.iloc[0]
+    if hits.empty:
+        raise PtbenchError(
+            f"no run matches {query!r}; give a key or TASK|STRATEGY|SEED as the leaderboard prints them "
+            "(`python -m ptbench export` lists every run)"
+        )
+    shown = [f"{r.task}|{r.strategy}|{r.seed}" for r in hits.head(5).itertuples()]
+    more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
+    raise PtbenchError(f"{len(hits)} runs match {query!r}: {'; '.join(shown)}{more}; give more of the name")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys; lists summarised, since they are trajectories."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}."))
+        elif isinstance(value, list):
+            out[name] = f"[{len(value)} records]"
+        else:
+            out[name] = value
+    return out
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 100:.2f}%"
+
+
+def render(run: pd.Series) -> str:
+    params = lambda d: ", ".join(f"{k}={v}" for k, v in d.items()) or "none"  # noqa: E731
+    fields = [
+        ("run", f"{run['task']} | {run['strategy']} | seed {run['seed']}"),
+        ("key", run["key"]),
+        ("status", run["status"] + (f": {run['error']}" if run.get("error") else "")),
+        ("target accuracy", f"test {_pct(run['target_acc'])}, train {_pct(run['target_train_acc'])}"),
+        ("source accuracy", _pct(run["source_acc"])),
+        ("seconds", f"source {_number(run['source_seconds'])}, target {_number(run['target_seconds'])}"),
+        ("device", run["device"]),
+        ("task parameters", params(run["task_params"])),
+        ("strategy parameters", params(run["strategy_params"])),
+        ("produced by", f"ptbench {run['ptbench_version']}, torch {run['torch_version']}, commit {run['git_commit']}, "
+                        f"host {run['host']}, {run['created_at']}"),
+    ]
+    lines = [tabulate(fields, tablefmt="plain")]
+    diagnostics = dict(run["diagnostics"] or {})
+    trajectory = diagnostics.pop("trajectory", None) or {}
+    sides = {k: v for k, v in diagnostics.items() if isinstance(v, dict)}
+    loose = {k: v for k, v in diagnostics.items() if not isinstance(v, dict)}
+    if loose:
+        sides = {"": loose, **sides}
+    if sides:
+        keys = list(dict.fromkeys(k for side in sides.values() for k in _flat(side)))
+        flat = {name: _flat(side) for name, side in sides.items()}
+        body = [[k] + [_number(flat[name].get(k, "")) for name in sides] for k in keys]
+        lines += ["", "diagnostics (measured after training)", tabulate(body, headers=["", *sides], tablefmt="simple", disable_numparse=True)]
+    else:
+        lines += ["", "diagnostics: none (this task records none)"]
+    for side, records in trajectory.items():
+        if not records:
+            continue
+        first, last = records[0], records[-1]
+        keys = [k for k in first if k != "step"]
+        body = [[k, _number(first.get(k)), _number(last.get(k))] for k in keys]
+        lines += ["", f"trajectory of the {side} model: {len(records)} records, steps {first.get('step')} to {last.get('step')} "
+                  "(--json for all)",
+                  tabulate(body, headers=["", f"step {first.get('step')}", f"step {last.get('step')}"], tablefmt="simple", disable_numparse=True)]
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(run: pd.Series) -> dict[str, Any]:
+    out = {}
+    for key, value in run.items():
+        if isinstance(value, float) and math.isnan(value):
+            value = None
+        elif hasattr(value, "item"):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    with open_existing(args.store) as store:
+        runs = store.frame()
+    run = find_run(runs, args.run)
+    if args.json:
+        print(json.dumps(_jsonable(run), indent=1, sort_keys=True))
+    else:
+        print(render(run), end="")
+    return 0

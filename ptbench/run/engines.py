@@ -1,0 +1,82 @@
+"""Batched engines: many runs of one architecture trained as one tensor program.
+
+The per-run path (`ptbench.run.training`) trains any model under any strategy hook, one run at a
+time. An engine trades that generality for speed on one architecture: it trains every run of
+a task variant (seeds x strategy variants) together, with no Python loop over runs. A task
+offers one through `Task.batched_engine()`; the runner (`ptbench.run.per_run`) sends it the runs
+it `supports` and everything else (strategies with training hooks, plans the engine cannot
+express) to the per-run path, so results never depend on which path ran them beyond float
+rounding (tests/test_engine.py holds the two paths to the same weights and accuracies).
+
+Nothing here knows a task or a strategy: an engine sees initial models (the plan already
+applied), training splits, freeze masks and the task's budget.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from ptbench.api import Split, TrainBudget, TransferModel, TransferPlan
+
+
+@dataclass
+class BatchJob:
+    """One model to train: its initial weights (plan applied), its training split and plan.
+
+    Jobs that pass the *same* split object share its precomputation (the strategies of one
+    seed share their target data), which is why the engine groups jobs by split identity."""
+
+    model: TransferModel
+    data: Split
+    plan: TransferPlan | None = None
+
+
+@dataclass
+class JobOutcome:
+    """How one job ended: `ok`, or `diverged` with the step where the loss stopped being finite."""
+
+    status: str = "ok"
+    error: str | None = None
+
+
+class BatchedEngine:
+    """The contract between the runner and an engine (all methods must be overridden)."""
+
+    #: Floating-point operations of the matrix products of the last `train` + `accuracy`
+    #: calls (benchmarks report GFLOP/s from it).
+    flops: float = 0.0
+    #: torch CPU threads for the engine's work (None: leave torch's setting). The runner
+    #: runs a whole batched unit (data, programs, diagnostics) under it.
+    threads: int | None = None
+
+    def supports(self, model: TransferModel, budget: TrainBudget, plan: TransferPlan | None) -> str | None:
+        """None when the engine trains this model under this budget and plan exactly as the
+        per-run path would; otherwise the reason it does not (the run then goes per-run)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def train(self, jobs: Sequence[BatchJob], budget: TrainBudget, deadline: float | None = None) -> list[JobOutcome]:
+        """Train every job's model in place. `deadline` (time.monotonic()) bounds the whole
+        program: past it, `ptbench.run.training.RunTimeout` is raised for all jobs at once."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def accuracy(self, models: Sequence[TransferModel], splits: Sequence[Split], loss: str) -> list[float]:
+        """Accuracy of models[i] on splits[i]; models that share a split object are evaluated
+        in one product."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to `count` for the block, then restored (None: as is)."""
+    before = torch.get_num_threads()
+    if count is not None and count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -1,0 +1,148 @@
+"""Training a model under a transfer plan, and measuring it.
+
+This is the per-run path: any model, any strategy hook. Frozen entries are held fixed by
+zeroing their gradients *and* restoring their values after each step, so no optimiser
+(momentum, Adam, weight decay) can move them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptbench.api import Split, Strategy, TrainBudget, TransferPlan
+
+
+class Diverged(RuntimeError):
+    """Training produced NaN or infinity; the run is stored as `diverged`."""
+
+
+class RunTimeout(RuntimeError):
+    """Training went past its deadline (`--timeout`); the run is stored as `timeout`."""
+
+
+#: observer(step, model) is called before the first step, every `every` steps, and at the end:
+#: how diagnostics record trajectories without the training loop knowing what they measure.
+Observer = Callable[[int, nn.Module], None]
+
+
+@dataclass
+class TrainLog:
+    first_loss: float
+    last_loss: float
+    steps: int
+
+
+def loss_fn(kind: str, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if kind == "logistic":
+        return F.softplus(-y * output).mean()  # log(1 + exp(-y f)), the theory's loss
+    if kind == "cross_entropy":
+        return F.cross_entropy(output, y)
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def predictions(kind: str, output: torch.Tensor) -> torch.Tensor:
+    if kind == "logistic":
+        return torch.where(output >= 0, 1.0, -1.0).to(output.dtype)
+    return output.argmax(dim=1)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split, loss: str, batch_size: int = 4096) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        out = model(split.x[start : start + batch_size])
+        correct += int((predictions(loss, out) == split.y[start : start + batch_size]).sum())
+    model.train()
+    return correct / max(len(split), 1)
+
+
+def _optimizer(budget: TrainBudget, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if budget.optimizer in ("gd", "sgd"):
+        return torch.optim.SGD(params, lr=budget.lr, momentum=budget.momentum, weight_decay=budget.weight_decay)
+    if budget.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay)
+    raise ValueError(f"unknown optimizer {budget.optimizer!r}")
+
+
+def train(
+    model: nn.Module,
+    data: Split,
+    budget: TrainBudget,
+    generator: torch.Generator,
+    plan: TransferPlan | None = None,
+    strategy: Strategy | None = None,
+    reference: dict[str, torch.Tensor] | None = None,
+    deadline: float | None = None,
+    observer: Observer | None = None,
+    observe_every: int = 50,
+) -> TrainLog:
+    """Train `model` on `data` for the budget's steps; minibatch order comes from `generator`.
+
+    `deadline` is a time.monotonic() value past which training stops with RunTimeout.
+    """
+    plan = plan or TransferPlan.nothing()
+    phases = strategy.phases(budget.steps, plan, model) if strategy else [(budget.steps, plan.freeze)]
+    params = dict(model.named_parameters())
+    optimizer = _optimizer(budget, list(params.values()))
+    n = len(data)
+    batch = budget.batch_size if budget.optimizer != "gd" and budget.batch_size else n
+    order = torch.randperm(n, generator=generator).to(data.x.device) if batch < n else None
+    cursor = 0
+    first = last = math.nan
+    step = 0
+    model.train()
+    for phase_steps, freeze in phases:
+        frozen = {
+            name: (mask.to(params[name].device), params[name].detach().clone())
+            for name, mask in freeze.items()
+            if bool(mask.any())
+        }
+        for _ in range(phase_steps):
+            if observer is not None and step % observe_every == 0:
+                observer(step, model)
+            if deadline is not None and time.monotonic() > deadline:
+                raise RunTimeout(f"run exceeded its time limit at step {step}")
+            if order is None:
+                xb, yb = data.x, data.y
+            else:
+                if cursor + batch > n:
+                    order = torch.randperm(n, generator=generator).to(data.x.device)
+                    cursor = 0
+                idx = order[cursor : cursor + batch]
+                cursor += batch
+                xb, yb = data.x[idx], data.y[idx]
+            loss = loss_fn(budget.loss, model(xb), yb)
+            if strategy is not None and reference is not None:
+                extra = strategy.regularizer(model, reference, plan)
+                if extra is not None:
+                    loss = loss + extra
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise Diverged(f"loss became {value} at step {step}")
+            if step == 0:
+                first = value
+            last = value
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            for name, (mask, _) in frozen.items():
+                if params[name].grad is not None:
+                    params[name].grad.masked_fill_(mask, 0.0)
+            optimizer.step()
+            with torch.no_grad():
+                for name, (mask, value0) in frozen.items():
+                    params[name].copy_(torch.where(mask, value0, params[name]))
+            step += 1
+    if observer is not None:
+        observer(step, model)
+    for name, param in params.items():
+        if not bool(torch.isfinite(param).all()):
+            raise Diverged(f"parameter {name} is not finite after training")
+    return TrainLog(first_loss=first, last_loss=last, steps=step)

@@ -1,0 +1,293 @@
+"""The batched engine for TwoLayerReLUCNN: full-batch gradient descent on the logistic loss
+for many runs at once, in the span of the training patches.
+
+Why it is fast. Gradient descent adds to a filter w_{j,r} only combinations of training
+patches, so after any number of steps w_{j,r} = w0_{j,r} + sum_k c_{j,r,k} b_k, where b_k
+runs over a basis of the training patches. Every pre-activation the loss needs is then
+<w_{j,r}, b_k> = (W0 B^T + C G)_{jr,k} with G = B B^T: a step costs one [2m, K] x [K, K]
+product instead of two [2m, d] x [d, nP] ones, and K is about n while d is large. Patches
+that are scalar multiples of a few shared vectors (the signal patch y (u + v) of every
+example) enter once, not once per example: relu(c z) = c+ relu(z) + c- relu(-z), so their
+share of the loss and gradient reduces to two numbers per filter. The runs of one seed share
+their G, so all of them are one batched product per step, and no Python loop runs over runs.
+
+Exactness. In exact arithmetic this is the per-run path's gradient descent, step for step;
+in float32 the sums are ordered differently, so weights agree to rounding (tests hold them
+to a tight tolerance and accuracies to equality). Frozen filters are left out of the
+per-step product altogether (their share of every output is computed once), so they stay
+bit-identical to their initial value, as on the per-run path; jobs that must end alike
+(same data, start and frozen filters) are trained once. The engine trains exactly what
+`supports` accepts: TwoLayerReLUCNN itself, full-batch GD (no momentum, no weight decay) on
+the logistic loss, and freeze masks that hold whole filters (a mask that freezes part of a
+filter would leave the span, so such a plan goes per-run).
+
+Data. Splits may be given as `PatchSplit` (the factors the task drew them from) or as plain
+dense splits, which are factored trivially (every patch its own basis vector, no sharing).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+
+from ptbench.api import Split, TrainBudget, TransferModel, TransferPlan
+from ptbench.run.engines import BatchedEngine, BatchJob, JobOutcome, torch_threads
+from ptbench.run.training import RunTimeout
+
+from .data import PatchSplit
+from .model import TwoLayerReLUCNN
+
+
+def _freeze_rows(plan: TransferPlan | None, model: TwoLayerReLUCNN) -> torch.Tensor | None:
+    """[2, m] bool: the filters the plan freezes; None when it freezes part of a filter."""
+    if plan is None or "W" not in plan.freeze:
+        return torch.zeros(2, model.m, dtype=torch.bool)
+    mask = plan.freeze["W"].to(torch.bool).cpu()
+    rows = mask.any(dim=-1)
+    if not torch.equal(mask, rows[..., None].expand_as(mask)):
+        return None
+    return rows
+
+
+class TwoLayerCNNEngine(BatchedEngine):
+    """Full-batch GD on the logistic loss for TwoLayerReLUCNN models, all jobs at once."""
+
+    def __init__(self, dtype: torch.dtype | None = None, threads: int | None = 1):
+        #: Arithmetic precision of the program (None: the data's, float32 for the built-in
+        #: tasks).
+        self.dtype = dtype
+        #: torch CPU threads while a program runs (None: torch's setting). One by default:
+        #: a step is a few dozen operations on tensors of about a megabyte, where OpenMP's
+        #: barriers cost more than a second core saves, and on a shared machine a busy
+        #: neighbour makes them cost twenty times more (measured: benchmarks/RESULTS.md).
+        #: Use processes for parallelism instead (`--jobs`).
+        self.threads = threads
+        self.flops = 0.0
+
+    # -- what it can do ---------------------------------------------------------------------
+    def supports(self, model: TransferModel, budget: TrainBudget, plan: TransferPlan | None) -> str | None:
+        if type(model) is not TwoLayerReLUCNN:
+            return f"the engine trains TwoLayerReLUCNN only, not {type(model).__name__}"
+        if budget.optimizer != "gd" or budget.momentum or budget.weight_decay:
+            return "the engine runs plain full-batch gradient descent (optimizer gd, no momentum or weight decay)"
+        if budget.loss != "logistic":
+            return "the engine trains the logistic loss only"
+        if plan is not None and set(plan.freeze) - {"W"}:
+            return "plan freezes parameters the model does not have"
+        if _freeze_rows(plan, model) is None:
+            return "plan freezes part of a filter; the engine freezes whole filters"
+        return None
+
+    # -- training ------------------------------------------------------------------------------
+    def train(self, jobs: Sequence[BatchJob], budget: TrainBudget, deadline: float | None = None) -> list[JobOutcome]:
+        with torch_threads(self.threads):
+            return self._train(jobs, budget, deadline)
+
+    def _train(self, jobs: Sequence[BatchJob], budget: TrainBudget, deadline: float | None) -> list[JobOutcome]:
+        for job in jobs:
+            reason = self.supports(job.model, budget, job.plan)
+            if reason:
+                raise ValueError(f"TwoLayerCNNEngine cannot train this job: {reason}")
+        outcomes = [JobOutcome() for _ in jobs]
+        # Jobs with the same data, start and frozen filters end the same: train one of them
+        # (on the two-layer CNN, partial-layers[layers=1] and reinit-head are `full`).
+        twins: dict[tuple, list[int]] = {}
+        same_as: dict[int, int] = {}
+        for i, job in enumerate(jobs):
+            key = (id(job.data), _freeze_rows(job.plan, job.model).numpy().tobytes())
+            twin = next((u for u in twins.get(key, []) if torch.equal(jobs[u].model.W, job.model.W)), None)
+            if twin is None:
+                twins.setdefault(key, []).append(i)
+            else:
+                same_as[i] = twin
+        # One program per data shape (all jobs of one task variant and role share it).
+        programs: "OrderedDict[tuple, list[int]]" = OrderedDict()
+        for i, job in enumerate(jobs):
+            if i in same_as:
+                continue
+            split = PatchSplit.from_dense(job.data)
+            shape = (split.shared.shape[0], tuple(split.own.shape), tuple(split.index.shape), job.model.m, job.model.d)
+            programs.setdefault(shape, []).append(i)
+        for members in programs.values():
+            self._program([jobs[i] for i in members], [outcomes[i] for i in members], budget, deadline)
+        with torch.no_grad():
+            for i, twin in same_as.items():
+                jobs[i].model.W.copy_(jobs[twin].model.W)
+                outcomes[i] = JobOutcome(outcomes[twin].status, outcomes[twin].error)
+        return outcomes
+
+    def _program(self, jobs: list[BatchJob], outcomes: list[JobOutcome], budget: TrainBudget, deadline: float | None) -> None:
+        """One tensor program for jobs whose data have one shape.
+
+        Layout: D datasets (jobs sharing a split share its Gram matrix), J job slots per
+        dataset, and "rows": the filters that train, gathered per dataset and padded to R.
+        Frozen filters never change, so their share of every output is computed once."""
+        splits: "OrderedDict[int, PatchSplit]" = OrderedDict()
+        slot_of: list[tuple[int, int]] = []  # (dataset, slot) per job
+        counts: dict[int, int] = {}
+        for job in jobs:
+            key = id(job.data)
+            if key not in splits:
+                splits[key] = PatchSplit.from_dense(job.data)
+                counts[key] = 0
+            slot_of.append((list(splits).index(key), counts[key]))
+            counts[key] += 1
+        data = list(splits.values())
+        D, J = len(data), max(counts.values())
+        first = jobs[0].model
+        m, d = first.m, first.d
+        M, groups = 2 * m, 2 * J + 1  # filters per job; (slot, class) groups and a dummy one
+        device = first.W.device
+        dtype = self.dtype or first.W.dtype
+        S, (n, Q) = data[0].shared.shape[0], data[0].own.shape[:2]
+        nQ = n * Q
+        # Basis columns: own vectors, then shared ones, then zeros up to a multiple of 16
+        # (MKL's batched products run about half again as fast on such widths; the zero
+        # columns have zero Gram entries and are never read).
+        K = -(-(nQ + S) // 16) * 16
+        B = torch.zeros(D, K, d, device=device, dtype=dtype)
+        for i, split in enumerate(data):
+            B[i, :nQ] = split.own.reshape(nQ, d)
+            B[i, nQ : nQ + S] = split.shared
+        G = torch.bmm(B, B.transpose(1, 2))  # [D, K, K]
+        # [D, n, 2S]: per example, its summed positive and negative shared coefficients
+        PN = torch.stack([torch.cat(s.shared_weights(), dim=1) for s in data]).to(device, dtype)
+        y = torch.stack([s.y for s in data]).to(device, dtype)[:, None, :]  # [D, 1, n]
+
+        W0 = torch.zeros(D, J * M + 1, d, device=device, dtype=dtype)  # + a zero row for padding
+        free = torch.zeros(D, J * M + 1, dtype=torch.bool)
+        for job, (ds, slot) in zip(jobs, slot_of):
+            W0[ds, slot * M : (slot + 1) * M] = job.model.W.detach().reshape(M, d).to(dtype)
+            free[ds, slot * M : (slot + 1) * M] = ~_freeze_rows(job.plan, job.model).reshape(M)
+        A0 = torch.bmm(W0, B.transpose(1, 2))  # [D, J M + 1, K]: every filter's start
+        self.flops += 2.0 * D * K * K * d + 2.0 * D * (J * M + 1) * d * K
+
+        # rows: the free filters of each dataset, padded with the zero row; group of a row:
+        # its (slot, class), the dummy group for padding, offset per dataset (flat indexing)
+        row_lists = [torch.nonzero(free[ds]).flatten() for ds in range(D)]
+        R = max(1, max(len(r) for r in row_lists))
+        rows = torch.full((D, R), J * M, dtype=torch.long)
+        for ds, r in enumerate(row_lists):
+            rows[ds, : len(r)] = r
+        group = torch.where(rows < J * M, rows // m, 2 * J) + torch.arange(D)[:, None] * groups
+        rows, gidx = rows.to(device), group.reshape(-1).to(device)
+        take = torch.arange(D, device=device)[:, None]
+        A0r = A0[take, rows]  # [D, R, K]
+
+        # the frozen filters' fixed share of F: the same formulas, once, on their A0 rows
+        frozen = (~free).to(device)
+        frozen[:, J * M] = False
+        F_fixed = self._group_sums(torch.where(frozen[..., None], A0, 0.0), torch.div(torch.arange(J * M + 1, device=device), m, rounding_mode="floor").clamp(max=2 * J), D, groups, n, Q, nQ, S)
+
+        sign = torch.tensor([1.0, -1.0], device=device, dtype=dtype).reshape(1, 1, 2, 1)
+        scale = -y / (n * m)  # d loss / d f_i = -y_i sigmoid(-y_i f_i) / n, and F's 1/m
+        lr, steps = budget.lr, budget.steps
+        C = torch.zeros(D, R, K, device=device, dtype=dtype)
+        Z = torch.empty_like(C)
+        # per row, what it passes on: to each example through its own patches, then its
+        # relu(z) and relu(-z) along each shared vector (one buffer: one scatter per step)
+        rowbuf = torch.empty(D, R, n + 2 * S, device=device, dtype=dtype)
+        # per (slot, class) group: the gradient's weight per example, then per shared vector
+        hbuf = torch.zeros(D, groups, n + 2 * S, device=device, dtype=dtype)  # dummy group stays 0
+        h_classes = hbuf[:, : 2 * J, :n].view(D, J, 2, n)
+        history = torch.empty(steps, D, J, device=device, dtype=dtype)  # the loss, every step
+        C_own = C[..., :nQ].view(D, R, n, Q)
+        fixed = F_fixed.reshape(D * groups, n + 2 * S)
+        PNt = PN.transpose(1, 2)
+        for step in range(steps):
+            if deadline is not None and time.monotonic() > deadline:
+                raise RunTimeout(f"batched program exceeded its time limit at step {step} of {steps}")
+            torch.baddbmm(A0r, C, G, out=Z)  # every pre-activation <w, b_k> of the free filters
+            if Q == 1:
+                act = torch.clamp(Z[..., :nQ], min=0, out=rowbuf[..., :n])  # relu, [D, R, n]
+            else:
+                act = torch.relu(Z[..., :nQ])  # [D, R, n Q]
+                torch.sum(act.view(D, R, n, Q), dim=-1, out=rowbuf[..., :n])
+            if S:  # relu(c z) = c+ relu(z) + c- relu(-z): two numbers per filter and shared vector
+                Zs = Z[..., nQ : nQ + S]
+                torch.clamp(Zs, min=0, out=rowbuf[..., n : n + S])
+                torch.clamp(-Zs, min=0, out=rowbuf[..., n + S :])
+            sums = torch.index_add(fixed, 0, gidx, rowbuf.view(D * R, n + 2 * S)).view(D, groups, n + 2 * S)
+            F = sums[..., :n] if not S else sums[..., :n] + torch.bmm(sums[..., n:], PNt)  # [D, groups, n]
+            F2 = F[:, : 2 * J].view(D, J, 2, n)
+            margin = (F2[:, :, 1] - F2[:, :, 0]).mul_(y / m)  # -y f, [D, J, n]
+            torch.mean(torch.nn.functional.softplus(margin), dim=-1, out=history[step])
+            # the gradient's weight per example, with the class sign, for every (slot, class)
+            torch.mul(margin.sigmoid_().mul_(scale)[:, :, None, :], sign, out=h_classes)
+            if S:
+                hbuf[..., n:] = torch.bmm(hbuf[..., :n], PN)
+            h_rows = hbuf.view(D * groups, n + 2 * S).index_select(0, gidx).view(D, R, n + 2 * S)
+            C_own.addcmul_(act.sign_().view(D, R, n, Q), h_rows[..., :n, None], value=-lr)  # sign of relu: its derivative
+            if S:
+                gs = (Zs > 0).to(dtype) * h_rows[..., n : n + S] - (Zs < 0).to(dtype) * h_rows[..., n + S :]
+                C[..., nQ : nQ + S].sub_(gs, alpha=lr)
+        # the first step whose loss was not finite, per run (-1: none), and that loss
+        bad = ~torch.isfinite(history)
+        first_bad = torch.where(bad.any(dim=0), bad.to(torch.float32).argmax(dim=0), -1)
+        bad_loss = history.gather(0, first_bad.clamp(min=0)[None]).squeeze(0) if steps else torch.zeros(D, J)
+        self.flops += 2.0 * steps * D * R * K * K
+
+        W = W0.clone()  # frozen filters: exactly their initial values
+        W[take, rows] = W0[take, rows] + torch.bmm(C, B)  # trained ones: back to d dimensions, once
+        self.flops += 2.0 * D * R * K * d
+        first_bad, bad_loss = first_bad.cpu(), bad_loss.cpu()
+        with torch.no_grad():
+            for job, outcome, (ds, slot) in zip(jobs, outcomes, slot_of):
+                job.model.W.copy_(W[ds, slot * M : (slot + 1) * M].reshape(2, m, d).to(job.model.W.dtype))
+                bad_step = int(first_bad[ds, slot])
+                if bad_step >= 0:
+                    outcome.status, outcome.error = "diverged", f"loss became {float(bad_loss[ds, slot])} at step {bad_step}"
+                elif not bool(torch.isfinite(job.model.W).all()):
+                    outcome.status, outcome.error = "diverged", "parameter W is not finite after training"
+
+    @staticmethod
+    def _group_sums(Zall: torch.Tensor, row_group: torch.Tensor, D: int, groups: int, n: int, Q: int, nQ: int, S: int) -> torch.Tensor:
+        """Per (slot, class) group, summed over its rows of Zall [D, rows, K]: what they pass
+        on to each example through own patches, then relu(z) and relu(-z) per shared vector:
+        [D, groups, n + 2 S], the layout of the program's per-step sums."""
+        rows = Zall.shape[1]
+        act = torch.relu(Zall[..., :nQ])
+        per_row = act if Q == 1 else act.reshape(D, rows, n, Q).sum(dim=-1)
+        Zs = Zall[..., nQ : nQ + S]
+        both = torch.cat([per_row, torch.relu(Zs), torch.relu(-Zs)], dim=-1)
+        out = torch.zeros(D, groups, n + 2 * S, device=Zall.device, dtype=Zall.dtype)
+        out.index_add_(1, row_group, both)
+        return out
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def accuracy(self, models: Sequence[TransferModel], splits: Sequence[Split], loss: str) -> list[float]:
+        if loss != "logistic":
+            raise ValueError("TwoLayerCNNEngine evaluates the logistic loss's +1/-1 predictions only")
+        groups: "OrderedDict[int, list[int]]" = OrderedDict()
+        for i, split in enumerate(splits):
+            groups.setdefault(id(split), []).append(i)
+        out = [0.0] * len(models)
+        with torch_threads(self.threads):
+            for members in groups.values():
+                split = PatchSplit.from_dense(splits[members[0]])
+                for i, acc in zip(members, self._accuracy([models[i] for i in members], split)):
+                    out[i] = acc
+        return out
+
+    def _accuracy(self, models: list[TransferModel], split: PatchSplit) -> list[float]:
+        m = models[0].m
+        W = torch.stack([model.W.detach() for model in models])  # [J, 2, m, d]
+        J, d = W.shape[0], W.shape[-1]
+        flat = W.reshape(J * 2 * m, d)
+        n, Q = split.own.shape[:2]
+        own = torch.relu(split.own.reshape(n * Q, d) @ flat.T)  # [n Q, J 2 m]
+        F = own.view(n, Q, J, 2, m).sum(dim=(1, 4))  # [n, J, 2]
+        self.flops += 2.0 * n * Q * d * J * 2 * m
+        if split.shared.shape[0]:
+            pos, neg = split.shared_weights()
+            zs = split.shared @ flat.T  # [S, J 2 m]
+            up = torch.relu(zs).view(-1, J, 2, m).sum(dim=-1)  # [S, J, 2]
+            down = torch.relu(-zs).view(-1, J, 2, m).sum(dim=-1)
+            F = F + torch.einsum("ns,sjc->njc", pos, up) + torch.einsum("ns,sjc->njc", neg, down)
+        f = (F[:, :, 0] - F[:, :, 1]) / m  # [n, J]
+        pred = torch.where(f >= 0, 1.0, -1.0).to(split.y.dtype)
+        return [float(a) for a in (pred == split.y[:, None]).to(torch.float64).mean(dim=0).cpu()]
