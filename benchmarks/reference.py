@@ -22,7 +22,8 @@ import torch
 from ptbench.api import RunSpec
 from ptbench.tasks.signal_noise.engine import TwoLayerCNNEngine
 from ptbench.sweep.execute import LocalExecutor
-from ptbench.run.per_run import RunOptions, group_specs
+from ptbench.run.group import group_specs
+from ptbench.run.options import RunOptions
 from ptbench.strategies.full import Full
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.scratch import Scratch

@@ -16,7 +16,9 @@ import torch
 from ptbench.api import RunSpec
 from ptbench.spec import parse_spec
 from ptbench.registry import default_registry
-from ptbench.run.per_run import RunOptions, group_specs, run_group
+from ptbench.run.group import group_specs
+from ptbench.run.options import RunOptions
+from ptbench.run.runner import run_groups
 
 TASK = "signal-noise[d=500,steps=300,n_target=20,n_source=100,shared=1.0]"
 HEATMAP = ["scratch", "partial-filters[fraction=0.5,freeze=[false,true]]"]
@@ -38,5 +40,5 @@ def group(strategies: list[str]):
 def test_paper_suite_group(benchmark, kind, strategies):
     torch.set_num_threads(1)
     g = group(strategies)
-    results = benchmark(lambda: list(run_group(g, RunOptions())))
+    results = benchmark(lambda: list(run_groups([g], RunOptions())))
     assert all(r.status == "ok" for r in results)

@@ -383,6 +383,9 @@ class RunResult:
     target_seconds: float | None = None
     device: str = "cpu"
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    #: How the target was trained: "batched" (a task's engine) or "per-run" (the training
+    #: loop); None when the run failed before training.
+    path: str | None = None
 
     @classmethod
     def for_spec(cls, spec: RunSpec, **fields: Any) -> "RunResult":

@@ -29,12 +29,14 @@ from typing import Callable, Iterator
 
 import torch
 
-from .api import PlanContext, RunSpec, Strategy, Task, TrainBudget, TransferModel, TransferPlan
+from .api import RunSpec, Strategy, Task, TrainBudget, TransferModel, TransferPlan
 from .errors import PtbenchError
 from .spec import parse_spec
 from .registry import Registry
 from .rng import RandomStreams
-from .run.training import _optimizer, accuracy, loss_fn, train
+from .run import protocol
+from .run.group import DONORS
+from .run.training import _optimizer, loss_fn
 
 
 class CheckFailed(AssertionError):
@@ -86,7 +88,7 @@ def check_name(cls: type, env: CheckEnv) -> str:
     name = getattr(cls, "name", "")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise CheckFailed(
-            f"name {name!r} is not usable in a SPEC: use letters, digits and - _ . + (e.g. 'my-strategy')"
+            f"name {name!r} is not usable in a SPEC: use letters, numerals and - _ . + (e.g. 'my-strategy')"
         )
     kind = "tasks" if issubclass(cls, Task) else "strategies"
     other = getattr(env.registry, kind).get(name)
@@ -231,7 +233,7 @@ def check_finished_run(cls: type, env: CheckEnv) -> str:
     from .results.store import Store
     from .sweep.plan import expand_task_specs, load_suite
     from .sweep.sweep import run_sweep
-    from .run.per_run import RunOptions
+    from ptbench.run.options import RunOptions
 
     suite = load_suite(env.smoke_suite)
     task = expand_task_specs(env.registry, suite.sweeps[0].tasks[:1])[0]
@@ -432,32 +434,28 @@ def _target_data(task: Task, env: CheckEnv, seed: int):
 
 
 def _plan_for(strategy: Strategy, task: Task, env: CheckEnv, seed: int, snapshot: bool = False):
-    """(plan, donor, fresh target[, snapshots]) as the harness would plan for this seed, with
-    untrained donors and, for data-hungry strategies, a short training budget."""
+    """(plan, donor, fresh target[, snapshots]) planned by the harness's own protocol
+    (`ptbench.run.protocol.make_plan`) for this seed, with an untrained donor and, for
+    data-hungry strategies, a short training budget. A broken protocol is a failed check."""
     streams = RandomStreams(seed)
-    roles = {"source": ("source", "source-init"), "target": ("target", "selffer-init")}
-    if strategy.donor not in roles:
-        raise CheckFailed(f"donor is {strategy.donor!r}; use 'source' or 'target'")
-    role, init = roles[strategy.donor]
+    if strategy.donor not in DONORS:
+        raise CheckFailed(f"donor is {strategy.donor!r}; use one of: {', '.join(DONORS)}")
+    role, init = DONORS[strategy.donor]
     donor = _model(task, role, streams.torch(init)).to(env.device)
     target = _model(task, "target", streams.torch("target-init")).to(env.device)
-    before = {
-        "donor": {n: p.detach().clone() for n, p in donor.named_parameters()},
-        "fresh": {n: p.detach().clone() for n, p in target.named_parameters()},
-    }
+    before = {"donor": protocol.snapshot(donor), "fresh": protocol.snapshot(target)}
     budget = task.budget("target")
     short = dataclasses.replace(budget, steps=min(budget.steps, env.plan_steps))
     data = _target_data(task, env, seed).train if _uses_data(strategy) else None
-    context = PlanContext(
-        train_data=data,
-        budget=short,
-        task=task,
-        streams=streams,
-        device=env.device,
-        train=lambda model, split, plan: train(model, split, short, streams.torch("plan-batches"), plan),
-        evaluate=lambda model, split: accuracy(model, split, short.loss),
-    )
-    plan = strategy.plan_with_data(donor, target, streams.torch("plan"), context)
+    context = protocol.plan_context(task, data, short, streams, env.device)
+    try:
+        plan = protocol.make_plan(strategy, donor, target, streams, context)
+    except protocol.PlanError as err:
+        # A model changed while planning is source_unmodified's finding (the caller that
+        # asks for snapshots); the other checks go on with the plan, each naming its step.
+        if err.plan is None or (snapshot and err.kind in ("donor", "target")):
+            raise CheckFailed(f"{strategy.instance_name} on {task.instance_name}: {err}") from None
+        plan = err.plan
     return (plan, donor, target, before) if snapshot else (plan, donor, target)
 
 

@@ -454,7 +454,7 @@ def diagnostics_table(df: pd.DataFrame) -> list[str]:
 
     def stat(frame: pd.DataFrame, side: str, key: str) -> str:
         values = [d.get(side, {}).get(key) for d in frame["diagnostics"]]
-        return mean_ci([v for v in values if v is not None]).fmt(scale=1, digits=2)
+        return mean_ci([v for v in values if v is not None]).fmt(scale=1, decimals=2)
 
     body = []
     for task in order:

@@ -11,7 +11,7 @@ import torch
 from ptbench.api import RunSpec, TransferPlan
 from ptbench.results.leaderboard import render
 from ptbench.rng import RandomStreams
-from ptbench.run.per_run import RunOptions
+from ptbench.run.options import RunOptions
 from ptbench.results.store import Store
 from ptbench.strategies.auto_fraction import AutoFraction
 from ptbench.strategies.full import Full

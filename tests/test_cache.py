@@ -13,7 +13,7 @@ import torch
 from ptbench.api import RunSpec
 from ptbench.run.cache import CacheWarning, DonorCache, code_hash
 from ptbench.registry import Registry
-from ptbench.run.per_run import RunOptions
+from ptbench.run.options import RunOptions
 from ptbench.results.store import Store
 from ptbench.strategies.full import Full
 from ptbench.strategies.partial_filters import PartialFilters

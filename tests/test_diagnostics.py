@@ -11,7 +11,9 @@ from ptbench.api import RunSpec
 from ptbench.errors import PtbenchError
 from ptbench.spec import parse_spec
 from ptbench.rng import RandomStreams
-from ptbench.run.per_run import RunOptions, group_specs, run_group
+from ptbench.run.group import group_specs
+from ptbench.run.options import RunOptions
+from ptbench.run.runner import run_groups
 
 
 def run(registry, task, *strategies: str, seed: int = 0) -> dict:
@@ -21,7 +23,7 @@ def run(registry, task, *strategies: str, seed: int = 0) -> dict:
         name, fixed = parse_spec(spec)
         instances += registry.strategy(name).expand(fixed)
     specs = [RunSpec(task, s, seed) for s in instances]
-    results = {r.strategy: r for r in run_group(group_specs(specs)[0], RunOptions())}
+    results = {r.strategy: r for r in run_groups([group_specs(specs)[0]], RunOptions(batched=False))}
     assert all(r.status == "ok" for r in results.values()), [r.error for r in results.values()]
     return results
 

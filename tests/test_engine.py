@@ -12,11 +12,14 @@ import torch
 
 from ptbench.api import RunSpec, Split, Strategy, TransferPlan
 from ptbench.run.engines import BatchJob
+from ptbench.run.protocol import batched_refusal
 from ptbench.tasks.signal_noise.data import PatchSplit
 from ptbench.tasks.signal_noise.engine import TwoLayerCNNEngine
 from ptbench.sweep.execute import LocalExecutor
 from ptbench.rng import RandomStreams
-from ptbench.run.per_run import RunOptions, group_specs, run_group
+from ptbench.run.group import group_specs
+from ptbench.run.options import RunOptions
+from ptbench.run.runner import run_groups
 from ptbench.strategies.full import Full
 from ptbench.strategies.l2_sp import L2SP
 from ptbench.strategies.partial_filters import PartialFilters
@@ -43,7 +46,7 @@ def specs_for(task, strategies, seeds=(0, 1)):
 
 
 def per_run(specs):
-    return {r.key: r for g in group_specs(specs) for r in run_group(g, RunOptions(batched=False))}
+    return {r.key: r for g in group_specs(specs) for r in run_groups([g], RunOptions(batched=False))}
 
 
 def batched(specs, **options):
@@ -177,13 +180,16 @@ def test_hooks_and_inexpressible_plans_take_the_per_run_path(make_task, monkeypa
 
 
 def test_tracing_turns_batching_off(make_task):
-    traced = make_task(trace=10)
-    units = make_units(group_specs(specs_for(traced, [Scratch()])), RunOptions())
-    assert units and not any(u.batched for u in units)
-    plain = make_units(group_specs(specs_for(make_task(), [Scratch()])), RunOptions())
-    assert [u.batched for u in plain] == [True]
+    traced, plain = make_task(trace=10), make_task()
+    engine = plain.batched_engine()
+    for task, expected in ((traced, "trajectories"), (plain, None)):
+        model = task.model("target", torch.Generator().manual_seed(0))
+        reason = batched_refusal(engine, task, Scratch(), model, task.budget("target"), None)
+        assert (reason is None) if expected is None else (expected in reason)
     results = batched(specs_for(traced, [Scratch(), Full()], seeds=(0,)))
+    assert all(r.path == "per-run" for r in results.values())
     assert all(len(r.diagnostics["trajectory"]["target"]) > 2 for r in results.values())
+    assert all(r.path == "batched" for r in batched(specs_for(plain, [Scratch(), Full()], seeds=(0,))).values())
 
 
 def test_a_diverging_batch_is_stored_as_diverged_like_per_run(make_task):

@@ -8,7 +8,8 @@ import pytest
 from ptbench.api import RunSpec
 from ptbench.sweep.execute import DaskExecutor, LocalExecutor, ProcessExecutor, make_executor
 from ptbench.errors import PtbenchError
-from ptbench.run.per_run import RunOptions, group_specs
+from ptbench.run.group import group_specs
+from ptbench.run.options import RunOptions
 from ptbench.results.store import Store
 from ptbench.strategies.full import Full
 from ptbench.strategies.l2_sp import L2SP

@@ -13,7 +13,7 @@ from ptbench.errors import PtbenchError
 from ptbench.tasks.images.base import draw_split, noisy_labels, parse_classes
 from ptbench.registry import default_registry
 from ptbench.rng import RandomStreams
-from ptbench.run.per_run import RunOptions
+from ptbench.run.options import RunOptions
 from ptbench.results.store import Store
 from ptbench.sweep.plan import expand, load_suite
 from ptbench.sweep.sweep import run_sweep

@@ -9,7 +9,9 @@ import dataclasses
 import torch
 
 from ptbench.api import RunSpec
-from ptbench.run.per_run import Group, RunOptions, run_group
+from ptbench.run.group import Group
+from ptbench.run.options import RunOptions
+from ptbench.run.runner import run_groups
 from ptbench.strategies.full import Full
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.scratch import Scratch
@@ -40,8 +42,8 @@ class RecordingPartialFilters(_Records, PartialFilters):
 
 
 def _run(task, seed, *strategies):
-    group = Group(task, seed, list(strategies), [RunSpec(task, s, seed) for s in strategies])
-    results = list(run_group(group, RunOptions()))
+    group = Group(task, seed, [RunSpec(task, s, seed) for s in strategies])
+    results = list(run_groups([group], RunOptions(batched=False)))  # the per-run path
     assert all(r.status == "ok" for r in results), [r.error for r in results]
     return results
 

@@ -10,7 +10,9 @@ import torch
 from ptbench.api import RunSpec, Strategy, TrainBudget, TransferPlan
 from ptbench.errors import PtbenchError
 from ptbench.rng import RandomStreams
-from ptbench.run.per_run import Group, RunOptions, run_group
+from ptbench.run.group import Group
+from ptbench.run.options import RunOptions
+from ptbench.run.runner import run_groups
 from ptbench.strategies.full import Full
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.partial_layers import PartialLayers
@@ -205,8 +207,8 @@ class _Vandal(Strategy):
 def test_runner_fails_a_strategy_that_modifies_the_source_and_restores_it(make_task):
     task = make_task(m=M, steps=50)
     strategies = [Full(freeze=True), _Vandal(), Full(freeze=True)]
-    group = Group(task, 0, strategies, [RunSpec(task, s, 0) for s in strategies])
-    results = list(run_group(group, RunOptions()))
+    group = Group(task, 0, [RunSpec(task, s, 0) for s in strategies])
+    results = list(run_groups([group], RunOptions(batched=False)))  # the per-run path
     assert [r.status for r in results] == ["ok", "failed", "ok"]
     assert "modified the source model" in results[1].error
     # the run after the vandal still inherits the trained source model, not zeros

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ptbench.errors import PtbenchError
-from ptbench.run.per_run import RunOptions
+from ptbench.run.options import RunOptions
 from ptbench.results.store import COLUMN_NAMES, SCHEMA_VERSION, Store, export_frame, open_existing
 from ptbench.sweep.plan import expand, parse_suite
 from ptbench.sweep.sweep import run_sweep

@@ -35,7 +35,7 @@ examples:
 """
 
 METRICS = {
-    # name: (scale, digits, unit of the mean, unit of the difference)
+    # name: (scale, decimals, unit of the mean, unit of the difference)
     "target_acc": (100.0, 1, "%", "pp"),
     "target_train_acc": (100.0, 1, "%", "pp"),
     "source_acc": (100.0, 1, "%", "pp"),
@@ -92,8 +92,8 @@ def _ok(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _fmt(interval: Interval, metric: str, signed: bool = False) -> str:
-    scale, digits, _, _ = METRICS[metric]
-    return interval.fmt(scale=scale, digits=digits, signed=signed)
+    scale, decimals, _, _ = METRICS[metric]
+    return interval.fmt(scale=scale, decimals=decimals, signed=signed)
 
 
 def _verdict(delta: Interval) -> str:

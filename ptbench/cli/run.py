@@ -12,7 +12,7 @@ from ptbench.sweep.execute import make_executor
 from ptbench.results.leaderboard import write as write_leaderboard
 from ptbench.registry import default_registry
 from ptbench.results.suite_report import load_report, write_report
-from ptbench.run.per_run import RunOptions, resolve_device
+from ptbench.run.options import RunOptions, resolve_device
 from ptbench.results.store import Store
 from ptbench.sweep.plan import expand, load_suite
 from ptbench.sweep.sweep import SweepInterrupted, run_sweep

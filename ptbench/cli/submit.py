@@ -16,7 +16,7 @@ from pathlib import Path
 from ptbench.errors import PtbenchError
 from ptbench.results.leaderboard import write as write_leaderboard
 from ptbench.registry import default_registry
-from ptbench.run.per_run import RunOptions, resolve_device
+from ptbench.run.options import RunOptions, resolve_device
 from ptbench.results.store import Store
 from ptbench.sweep.plan import expand, load_suite
 from ptbench.sweep.sweep import run_sweep
@@ -156,7 +156,7 @@ def _strategies_dir() -> Path:
 def _destination(path: Path, into: str | None) -> Path:
     """Where --add copies FILE; refuses before any check runs when that cannot work."""
     if not path.stem.isidentifier():
-        raise PtbenchError(f"--add needs a file name that is a Python module name (letters, digits, _), not {path.name!r}")
+        raise PtbenchError(f"--add needs a file name that is a Python module name (letters, numerals, _), not {path.name!r}")
     folder = Path(into) if into else _strategies_dir()
     if not folder.is_dir():
         raise PtbenchError(f"--into {str(folder)!r} is not a folder")

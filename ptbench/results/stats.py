@@ -48,13 +48,13 @@ class Interval:
     def above_zero(self) -> bool:
         return self.n >= 2 and self.low > 0
 
-    def fmt(self, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
+    def fmt(self, scale: float = 100.0, decimals: int = 1, signed: bool = False) -> str:
         if self.n == 0 or math.isnan(self.mean):
             return "n/a"
         sign = "+" if signed else ""
 
         def show(value: float) -> str:
-            return f"{round(value * scale, digits) + 0.0:{sign}.{digits}f}"  # + 0.0: no "-0.0"
+            return f"{round(value * scale, decimals) + 0.0:{sign}.{decimals}f}"  # + 0.0: no "-0.0"
 
         if self.n < 2:
             return show(self.mean)

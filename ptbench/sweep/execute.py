@@ -16,7 +16,8 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 from ptbench.api import RunResult
 from ptbench.errors import PtbenchError
-from ptbench.run.per_run import Group, RunOptions
+from ptbench.run.group import Group
+from ptbench.run.options import RunOptions
 from ptbench.sweep.units import Unit, make_units, payload, run_payload, run_unit
 
 

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from ptbench.api import RunResult, RunSpec
 from ptbench.sweep.execute import Executor, LocalExecutor
-from ptbench.run.per_run import RunOptions, group_specs
+from ptbench.run.group import group_specs
+from ptbench.run.options import RunOptions
 from ptbench.results.store import Store
 
 

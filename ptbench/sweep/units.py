@@ -1,83 +1,70 @@
-"""Units of work: what one executor call (a thread, a worker process, a dask task) runs.
+"""Units of work: what one executor call (this process, a worker process, a dask task) runs.
 
-A unit is either one group (per-run path), or several groups of one task variant that the
-task's batched engine trains as one program. Units are independent of each other: each
-draws its own data from (seed, role) streams and takes donors from the cache or trains them,
-so any executor can run them in any order, anywhere, and the results are the same.
+A unit is some groups of one task variant. Groups of a task that offers a batched engine
+are packed together (up to `max_batch_runs` runs, and split so that every worker gets
+work), so that the engine can train them as one program; every other group is a unit of
+its own. This is scheduling only: which path each run takes is decided once, per run, by
+`ptbench.run.protocol.batched_refusal` inside `ptbench.run.runner.run_groups`.
 
-Units travel to workers as pickled bytes (`payload`) and are unpickled there only after the
-run's plugin files are loaded, so a task or strategy defined in a `--plugin FILE` works in a
-worker process and on a cluster (where the file must be at the same path).
+Units are independent: each draws its data from (seed, role) streams and takes donors from
+the cache or trains them, so any executor can run them anywhere, in any order, with the
+same results. They travel to workers as pickled bytes (`payload`), unpickled only after the
+run's plugin files are loaded, so a `--plugin FILE` task or strategy works in workers too.
 """
 
 from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
-from ptbench.api import RunResult
-from ptbench.run.per_run import Group, RunOptions, run_group
+from ..api import RunResult, RunSpec
+from ..run.group import Group
+from ..run.options import RunOptions
+from ..run.runner import run_groups
 
 
 @dataclass
 class Unit:
     groups: list[Group]
-    batched: bool = False
 
-    @property
-    def runs(self) -> int:
-        return sum(len(g.specs) for g in self.groups)
-
-    def specs(self):
+    def specs(self) -> list[RunSpec]:
         return [spec for group in self.groups for spec in group.specs]
 
 
-def _batchable(group: Group, options: RunOptions) -> bool:
-    if not options.batched or group.task.trace_every() > 0:
-        return False
-    return group.task.batched_engine() is not None
+def _packable(group: Group, options: RunOptions) -> bool:
+    return options.batched and group.task.batched_engine() is not None
 
 
 def make_units(groups: Sequence[Group], options: RunOptions, parts: int = 1) -> list[Unit]:
-    """Batchable groups of one task variant become units of at most `options.max_batch_runs`
+    """Packable groups of one task variant become units of at most `options.max_batch_runs`
     runs, split further so that there are at least `parts` units when the groups allow
     (parallel workers all get work); every other group is a unit of its own."""
     by_task: dict[str, list[Group]] = {}
-    units: list[Unit] = []
+    single: list[Unit] = []
     for group in groups:
-        if _batchable(group, options):
+        if _packable(group, options):
             by_task.setdefault(group.task.key, []).append(group)
         else:
-            units.append(Unit([group]))
-    batched_runs = sum(len(g.specs) for gs in by_task.values() for g in gs)
-    share = max(1, -(-batched_runs // max(parts - len(units), 1)))  # ceil: runs per unit
+            single.append(Unit([group]))
+    packed_runs = sum(len(g.specs) for gs in by_task.values() for g in gs)
+    share = max(1, -(-packed_runs // max(parts - len(single), 1)))  # ceil: runs per unit
     cap = max(1, min(options.max_batch_runs, share))
-    batched: list[Unit] = []
+    packed: list[Unit] = []
     for task_groups in by_task.values():
         current: list[Group] = []
         for group in task_groups:
             if current and sum(len(g.specs) for g in current) + len(group.specs) > cap:
-                batched.append(Unit(current, batched=True))
+                packed.append(Unit(current))
                 current = []
             current.append(group)
         if current:
-            batched.append(Unit(current, batched=True))
-    return batched + units
+            packed.append(Unit(current))
+    return packed + single
 
 
-def run_unit(unit: Unit, options: RunOptions) -> Iterator[RunResult]:
-    if unit.batched:
-        from ptbench.run.batched import run_batched
-
-        from ptbench.run.engines import torch_threads
-
-        engine = unit.groups[0].task.batched_engine()
-        with torch_threads(engine.threads if options.device == "cpu" else None):
-            yield from run_batched(unit.groups, engine, options)
-    else:
-        for group in unit.groups:
-            yield from run_group(group, options)
+def run_unit(unit: Unit, options: RunOptions) -> list[RunResult]:
+    return run_groups(unit.groups, options)
 
 
 def payload(unit: Unit) -> bytes:
@@ -93,11 +80,11 @@ def run_payload(data: bytes, options: RunOptions, plugins: Sequence[str] = (), t
     if plugins:
         import sys
 
-        from ptbench.registry import Registry, plugin_module_name
+        from ..registry import Registry, plugin_module_name
 
         registry = Registry()
         for path in plugins:
             if plugin_module_name(path) not in sys.modules:  # once per worker process
                 registry.load_plugin(path)
     unit = pickle.loads(data)
-    return list(run_unit(unit, options))
+    return run_unit(unit, options)
