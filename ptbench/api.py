@@ -63,6 +63,15 @@ class TrainBudget:
     weight_decay: float = 0.0
 
 
+class Diverged(RuntimeError):
+    """Training produced NaN or infinity; the run is stored as `diverged`. A strategy that
+    trains candidates while planning (auto-fraction) may catch it to skip a candidate."""
+
+
+class RunTimeout(RuntimeError):
+    """Training went past its deadline (`--timeout`); the run is stored as `timeout`."""
+
+
 # --------------------------------------------------------------------------- transfer layers
 
 
@@ -336,8 +345,11 @@ class Strategy(Parametrized):
 @dataclass
 class PlanContext:
     """What `Strategy.plan_with_data` may use: the target training data, the task's budget,
-    the task itself (for fresh models), and `train(model, split, plan)` which trains under the
-    task's budget with the harness's own training loop."""
+    the task itself (for fresh models), `train(model, split, plan)` which trains under the
+    task's budget with the harness's own training loop, `evaluate(model, split)` (accuracy),
+    `loss(model, split)` (the budget's loss on a split, no gradient), and `extras`: what the
+    task's target data names about itself (signal-noise: its signal "directions" u, v_1, v_2),
+    empty for tasks that name nothing."""
 
     train_data: Split
     budget: TrainBudget
@@ -346,6 +358,8 @@ class PlanContext:
     device: str
     train: Any  # Callable[[TransferModel, Split, TransferPlan], None]
     evaluate: Any  # Callable[[TransferModel, Split], float]
+    loss: Any = None  # Callable[[TransferModel, Split], float]
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- runs

@@ -446,8 +446,8 @@ def _plan_for(strategy: Strategy, task: Task, env: CheckEnv, seed: int, snapshot
     before = {"donor": protocol.snapshot(donor), "fresh": protocol.snapshot(target)}
     budget = task.budget("target")
     short = dataclasses.replace(budget, steps=min(budget.steps, env.plan_steps))
-    data = _target_data(task, env, seed).train if _uses_data(strategy) else None
-    context = protocol.plan_context(task, data, short, streams, env.device)
+    data = _target_data(task, env, seed) if _uses_data(strategy) else None
+    context = protocol.plan_context(task, data.train if data else None, short, streams, env.device, extras=data.extras if data else None)
     try:
         plan = protocol.make_plan(strategy, donor, target, streams, context)
     except protocol.PlanError as err:

@@ -34,9 +34,7 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
-from ptbench.api import Split, Strategy, TransferPlan
-from ptbench.spec import parse_spec
-from ptbench.run.training import Diverged, loss_fn
+from ptbench.api import Diverged, Split, Strategy, TransferPlan
 
 
 class AutoFraction(Strategy):
@@ -78,7 +76,7 @@ class AutoFraction(Strategy):
             plan.apply(source, model)
             try:
                 context.train(model, fit, plan)
-                scores[fraction] = (context.evaluate(model, val), _loss(model, val, context.budget.loss))
+                scores[fraction] = (context.evaluate(model, val), context.loss(model, val))
             except Diverged:  # a fraction whose training blows up is simply not chosen
                 scores[fraction] = (-math.inf, math.inf)
         best = max(scores, key=lambda f: (scores[f][0], -scores[f][1], -f))
@@ -96,8 +94,8 @@ class AutoFraction(Strategy):
         for task, rows in summary.groupby("task", sort=True):
             fixed, autos = [], []
             for _, row in rows.iterrows():
-                name, values = parse_spec(row["strategy"])
-                freeze = values.get("freeze", [False])[0]
+                name, values = row["plugin"], row["params"]
+                freeze = values.get("freeze", False)
                 if name == cls.name:
                     autos.append((row["strategy"], freeze, row["acc"]))
                 elif name == "scratch":
@@ -105,7 +103,7 @@ class AutoFraction(Strategy):
                 elif name == "full":
                     fixed.append((1.0, freeze, row["strategy"], row["acc"]))
                 elif name == "partial-filters" and "fraction" in values:
-                    fixed.append((float(values["fraction"][0]), freeze, row["strategy"], row["acc"]))
+                    fixed.append((float(values["fraction"]), freeze, row["strategy"], row["acc"]))
             for auto_name, freeze, acc in autos:
                 pool = [f for f in fixed if f[1] in (None, freeze) and not math.isnan(f[3].mean)]
                 if not pool:
@@ -141,16 +139,6 @@ class AutoFraction(Strategy):
             "difference of means (negative: below the oracle). The fraction chosen for each run is "
             "in its diagnostics (`ptbench export`).\n\n" + table
         )
-
-
-@torch.no_grad()
-def _loss(model, split: Split, kind: str) -> float:
-    """The training loss on held-out data: it separates candidates that a few validation
-    examples give equal accuracy (with 5 examples, ties are the rule, not the exception)."""
-    model.eval()
-    value = float(loss_fn(kind, model(split.x), split.y))
-    model.train()
-    return value
 
 
 def _replay(rng: torch.Generator, state: torch.Tensor) -> torch.Generator:

@@ -173,15 +173,9 @@ def test_auto_fraction_returns_the_plan_of_the_winning_candidate(trained):
     task, streams, data, source = trained
     target = task.model("target", streams.torch("target-init"))
     fresh = copy.deepcopy(target)
-    from ptbench.api import PlanContext
-    from ptbench.run.training import accuracy
+    from ptbench.run.protocol import plan_context
 
-    budget = task.budget("target")
-    context = PlanContext(
-        data.train, budget, task, streams, "cpu",
-        train=lambda m, split, plan: train(m, split, budget, streams.torch("plan-batches"), plan),
-        evaluate=lambda m, split: accuracy(m, split, budget.loss),
-    )
+    context = plan_context(task, data.train, task.budget("target"), streams, "cpu")
     plan = AutoFraction().plan_with_data(source, target, streams.torch("plan"), context)
     fraction = plan.notes["fraction"]
     expected = TransferPlan.filters(source, fresh, fraction, rng=streams.torch("plan"))

@@ -12,7 +12,6 @@ import pytest
 from ptbench.results.stats import (
     Interval,
     mean_ci,
-    negative_transfer_gap,
     overall_ranks,
     paired_deltas,
     paired_to_baseline,
@@ -105,17 +104,6 @@ def test_paired_deltas_match_rows_on_the_given_columns():
     assert pairs.loc[2, "delta"] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="two runs"):
         paired_deltas(pd.concat([a, a]), b, ["task", "strategy", "seed"])
-
-
-def test_negative_transfer_gap_is_positive_when_the_source_hurts():
-    gap = negative_transfer_gap([0.70, 0.80], [0.90, 0.90])  # error 0.30/0.20 with, 0.10 without
-    assert gap.mean == pytest.approx(0.15)
-    assert negative_transfer_gap([0.95], [0.90]).mean == pytest.approx(-0.05)
-    table = summarize(_runs([("t", "scratch", 0, 0.9), ("t", "full", 0, 0.7),
-                             ("t", "scratch", 1, 0.8), ("t", "full", 1, 0.7)]), "scratch").set_index("strategy")
-    assert table.loc["full", "gap"].mean == pytest.approx(0.15)
-    assert table.loc["full", "delta"].mean == pytest.approx(-0.15)
-    assert (table.loc["full", "negative_k"], table.loc["full", "negative"].n) == (2, 2)
 
 
 def test_ranks_share_ties_and_average_over_tasks():

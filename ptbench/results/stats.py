@@ -126,10 +126,13 @@ def summarize(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
                 "delta": mean_ci(deltas),
                 "negative": wilson(worse, len(deltas)),
                 "negative_k": worse,
-                "gap": mean_ci(-deltas),  # Wang et al.: error with source - error without
                 "source_acc": mean_ci(g["source_acc"], bounds=(0.0, 1.0)),
                 "seconds": float(g["target_seconds"].mean()),
                 "seeds": int(g["seed"].nunique()),
+                # the plugin's name and parameters, for leaderboard sections that group
+                # instances (a stored name may predate a parameter: take the stored values)
+                "plugin": strategy.split("[", 1)[0],
+                "params": dict(g["strategy_params"].iloc[0]) if "strategy_params" in g else {},
             }
         )
     table = pd.DataFrame(rows)
@@ -165,11 +168,3 @@ def paired_deltas(a: pd.DataFrame, b: pd.DataFrame, on: list[str], metric: str =
     merged = merged[merged["a"].notna() & merged["b"].notna()]
     merged["delta"] = merged["b"] - merged["a"]
     return merged.reset_index(drop=True)
-
-
-def negative_transfer_gap(acc_with_source, acc_without_source) -> Interval:
-    """Wang et al. (CVPR 2019): target error with the source minus target error without it,
-    per seed, as a mean with a 95% t interval. Positive means negative transfer."""
-    with_err = 1.0 - np.asarray(acc_with_source, dtype=float)
-    without_err = 1.0 - np.asarray(acc_without_source, dtype=float)
-    return mean_ci(with_err - without_err)

@@ -273,9 +273,6 @@ class Store:
             df[name] = df[name].map(lambda s: json.loads(s) if s else {})
         return df
 
-    def count(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()

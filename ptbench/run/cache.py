@@ -107,10 +107,6 @@ class DonorCache:
         self.folder = Path(folder) if folder is not None else None
         self._hashes: dict[str, str] = {}  # task.key -> code hash, computed once per task
 
-    @property
-    def enabled(self) -> bool:
-        return self.folder is not None
-
     def key(self, task: Task, seed: int, role: str) -> str:
         if task.key not in self._hashes:
             self._hashes[task.key] = code_hash(task)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..api import PlanContext, Split, Strategy, Task, TrainBudget, TransferModel, TransferPlan
 from ..rng import RandomStreams
-from .training import accuracy, train
+from .training import accuracy, held_out_loss, train
 
 
 class PlanError(RuntimeError):
@@ -74,7 +74,8 @@ def donor_guard(donor: nn.Module, strategy: Strategy, during: str = "while train
 
 
 def plan_context(
-    task: Task, train_data: Split | None, budget: TrainBudget, streams: RandomStreams, device: str, deadline: float | None = None
+    task: Task, train_data: Split | None, budget: TrainBudget, streams: RandomStreams, device: str,
+    deadline: float | None = None, extras: dict | None = None,
 ) -> PlanContext:
     """What `Strategy.plan_with_data` may use; its training loop is the harness's own,
     drawing minibatches from the `plan-batches` stream and bounded by the run's deadline."""
@@ -86,6 +87,8 @@ def plan_context(
         device=device,
         train=lambda model, split, plan: train(model, split, budget, streams.torch("plan-batches"), plan, deadline=deadline),
         evaluate=lambda model, split: accuracy(model, split, budget.loss),
+        loss=lambda model, split: held_out_loss(model, split, budget.loss),
+        extras=dict(extras or {}),
     )
 
 

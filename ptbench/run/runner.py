@@ -116,7 +116,7 @@ def plan_run(spec: RunSpec, state: GroupState, options: RunOptions) -> PlannedRu
     deadline = deadline_after(options.timeout)
     try:
         target = state.task.model("target", state.streams.torch("target-init")).to(device)
-        context = plan_context(state.task, state.target_data.train, state.budget, state.streams, device, deadline)
+        context = plan_context(state.task, state.target_data.train, state.budget, state.streams, device, deadline, state.target_data.extras)
         plan = plan_target(strategy, state.donors[strategy.donor].model, target, state.streams, context)
     except Exception as err:
         return failed_result(spec, err, **common)

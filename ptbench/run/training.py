@@ -16,15 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptbench.api import Split, Strategy, TrainBudget, TransferPlan
+from ptbench.api import Diverged, RunTimeout, Split, Strategy, TrainBudget, TransferPlan
 
-
-class Diverged(RuntimeError):
-    """Training produced NaN or infinity; the run is stored as `diverged`."""
-
-
-class RunTimeout(RuntimeError):
-    """Training went past its deadline (`--timeout`); the run is stored as `timeout`."""
+__all__ = ["Diverged", "RunTimeout", "accuracy", "held_out_loss", "loss_fn", "train"]
 
 
 #: observer(step, model) is called before the first step, every `every` steps, and at the end:
@@ -62,6 +56,15 @@ def accuracy(model: nn.Module, split: Split, loss: str, batch_size: int = 4096) 
         correct += int((predictions(loss, out) == split.y[start : start + batch_size]).sum())
     model.train()
     return correct / max(len(split), 1)
+
+
+@torch.no_grad()
+def held_out_loss(model: nn.Module, split: Split, loss: str) -> float:
+    """The training loss on a split without a gradient (model in eval mode, then back)."""
+    model.eval()
+    value = float(loss_fn(loss, model(split.x), split.y))
+    model.train()
+    return value
 
 
 def _optimizer(budget: TrainBudget, params: list[nn.Parameter]) -> torch.optim.Optimizer:

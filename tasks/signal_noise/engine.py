@@ -33,9 +33,8 @@ from typing import Sequence
 
 import torch
 
-from ptbench.api import Split, TrainBudget, TransferModel, TransferPlan
+from ptbench.api import RunTimeout, Split, TrainBudget, TransferModel, TransferPlan
 from ptbench.run.engines import BatchedEngine, BatchJob, JobOutcome, torch_threads
-from ptbench.run.training import RunTimeout
 
 from .data import PatchSplit
 from .model import TwoLayerReLUCNN
