@@ -1,0 +1,603 @@
+"""A static HTML leaderboard: one index page and one page per run, viewable from file://.
+
+The numbers are those of the markdown leaderboard (`ptbench.results.leaderboard`): the same
+`summarize` and `overall_ranks` tables, the same columns and formatting. On top of them the
+index has sortable tables, one filter box for every table, the report's PNG plots inlined,
+and a small Plotly chart of the target diagnostics per task; every run has its own page with
+its record, parameters, diagnostics, trajectory chart and provenance.
+
+Everything a page needs is inside it: PNGs as data: URIs and plotly.js inline (once per
+page that has a chart), so a report can be mailed, archived or opened with no network at all.
+Templates are Jinja2 with autoescaping on, so a strategy named `x<script>` is shown as text.
+Needs `pip install 'ptbench[html]'` (Jinja2 and plotly); both are imported on first use.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import mimetypes
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from ptbench.errors import PtbenchError
+from ptbench.results.stats import Interval, mean_ci, overall_ranks, summarize
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+#: The markdown leaderboard's task-table columns (ptbench.results.leaderboard.HEADERS).
+HEADERS = [
+    "strategy",
+    "target acc % [95% CI]",
+    "Δ vs {baseline} (pp) [95% CI]",
+    "negative transfer (seeds) [95% CI]",
+    "source acc %",
+    "seconds",
+    "seeds",
+]
+
+#: Plotly's configuration for every chart: no logo linking to plotly's site and no "share
+#: chart" button (it uploads to Plotly Cloud); the rest of the modebar (zoom, pan, download
+#: as PNG) works offline and stays.
+PLOTLY_CONFIG = {"displaylogo": False, "showSendToCloud": False, "responsive": True}
+
+
+def _deps() -> tuple[Any, Any]:
+    try:
+        import jinja2
+        import plotly  # noqa: F401
+    except ImportError:
+        raise PtbenchError("the HTML report needs Jinja2 and plotly: pip install 'ptbench[html]'") from None
+    return jinja2, plotly
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # lists, dicts
+        return False
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None."""
+    if _missing(value) or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _sort_key(value: Any) -> str:
+    """A data-sort attribute: the raw number, or empty (sorted last) when there is none."""
+    number = _num(value)
+    return "" if number is None else repr(number)
+
+
+def _pct(value: Any, decimals: int = 2) -> str:
+    number = _num(value)
+    return "n/a" if number is None else f"{number * 100:.{decimals}f}%"
+
+
+def _plain(value: Any) -> str:
+    if _missing(value):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _format_value(value: Any) -> str:
+    from ptbench.spec import format_value
+
+    return format_value(value)
+
+
+def task_spec(task: str, params: Any) -> str:
+    """The full SPEC of a task variant, every parameter written out (the store's task names
+    show only the parameters that differ from the defaults)."""
+    base = str(task).split("[", 1)[0]
+    if not isinstance(params, dict) or not params:
+        return str(task)
+    return f"{base}[{','.join(f'{k}={_format_value(v)}' for k, v in params.items())}]"
+
+
+def safe_id(task: str, strategy: str, seed: Any, key: str) -> str:
+    """A file name for a run page: readable, ASCII, and unique through a hash of the key."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{str(task).split('[', 1)[0]}_{strategy}_s{seed}").strip("-.")
+    digest = hashlib.sha1(str(key).encode("utf-8")).hexdigest()[:10]
+    return f"{readable[:60]}-{digest}"
+
+
+def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys; lists are summarised (they are trajectories)."""
+    out: dict[str, Any] = {}
+    if not isinstance(values, dict):
+        return out
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}."))
+        elif isinstance(value, list):
+            out[name] = f"[{len(value)} records]"
+        else:
+            out[name] = value
+    return out
+
+
+def _numeric(values: dict[str, Any]) -> dict[str, float]:
+    return {k: n for k, v in values.items() if not isinstance(v, bool) and (n := _num(v)) is not None}
+
+
+def _data_uri(path: Path) -> str:
+    mime = mimetypes.guess_type(path.name)[0] or "image/png"
+    if not mime.startswith("image/"):
+        raise PtbenchError(f"{str(path)!r} is not an image; the HTML report inlines PNG plots")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PtbenchError(f"cannot read the plot {str(path)!r}: {err.strerror}") from None
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+# --------------------------------------------------------------------------- markdown sections
+
+
+def _inline_md(text: str, markup: Any) -> Any:
+    """Escape, then `code`, **bold** and *italic*: the subset leaderboard sections use."""
+    escaped = str(markup.escape(text))
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    escaped = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+    escaped = re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"<em>\1</em>", escaped)
+    return markup.Markup(escaped)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def markdown_html(text: str) -> Any:
+    """The markdown of a leaderboard section (headings, paragraphs, pipe tables, inline code)
+    as HTML; every piece of text is escaped first, so nothing in it becomes markup."""
+    import markupsafe
+
+    parts: list[str] = []
+    for block in re.split(r"\n\s*\n", str(text).strip()):
+        lines = [line for line in block.splitlines() if line.strip()]
+        if not lines:
+            continue
+        heading = re.match(r"^(#{1,6})\s+(.*)$", lines[0])
+        if heading and len(lines) == 1:
+            level = min(len(heading.group(1)) + 1, 6)  # the page's own title is the only h1
+            parts.append(f"<h{level}>{_inline_md(heading.group(2), markupsafe)}</h{level}>")
+        elif all(line.lstrip().startswith("|") for line in lines):
+            rows = [line for line in lines if not re.fullmatch(r"\s*\|[\s:|-]+\|\s*", line)]
+            head, body = rows[0], rows[1:]
+            html = ['<table class="md sortable"><thead><tr>']
+            html += [f"<th>{_inline_md(c, markupsafe)}</th>" for c in _cells(head)]
+            html.append("</tr></thead><tbody>")
+            for row in body:
+                html.append("<tr>" + "".join(f"<td>{_inline_md(c, markupsafe)}</td>" for c in _cells(row)) + "</tr>")
+            html.append("</tbody></table>")
+            parts.append("".join(html))
+        else:
+            parts.append(f"<p>{_inline_md(' '.join(line.strip() for line in lines), markupsafe)}</p>")
+    return markupsafe.Markup("\n".join(parts))
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def _chart_html(fig: dict[str, Any], div_id: str) -> Any:
+    """A Plotly figure (a plain dict: building graph objects costs far more than writing the
+    page) as a div and its newPlot call; plotly.js itself comes once per page."""
+    import markupsafe
+    import plotly.io as pio
+
+    html = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG, validate=False)
+    return markupsafe.Markup(html)
+
+
+#: The look of every chart (the figure dicts skip plotly's Python templates, which are slow).
+_AXIS = {"gridcolor": "#e5e8ee", "zerolinecolor": "#c9ced8", "linecolor": "#c9ced8", "automargin": True}
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def _layout(**fields: Any) -> dict[str, Any]:
+    base = {
+        "paper_bgcolor": "white",
+        "plot_bgcolor": "white",
+        "font": {"family": "system-ui, sans-serif", "size": 12, "color": "#1d2330"},
+        "colorway": _PALETTE,
+        "hovermode": "closest",
+    }
+    return {**base, **fields}
+
+
+def diagnostics_chart(runs: pd.DataFrame, task: str, label: str, div_id: str, order: Sequence[str] = ()) -> Any | None:
+    """Bar chart of the target model's diagnostics per strategy (mean over seeds, 95% t
+    interval), one diagnostic at a time with a menu to pick it; None when there are none.
+    Bars follow `order` (the task table's), then any other strategy."""
+    per_strategy: dict[str, list[dict[str, float]]] = {}
+    for r in runs.itertuples():
+        diagnostics = r.diagnostics if isinstance(r.diagnostics, dict) else {}
+        values = _numeric(_flat(diagnostics.get("target") or {}))
+        if values:
+            per_strategy.setdefault(r.strategy, []).append(values)
+    if not per_strategy:
+        return None
+    keys = list(dict.fromkeys(k for records in per_strategy.values() for rec in records for k in rec))
+    strategies = [s for s in order if s in per_strategy] + [s for s in per_strategy if s not in order]
+    traces = []
+    for i, key in enumerate(keys):
+        cis = [mean_ci([rec.get(key, math.nan) for rec in per_strategy[s]]) for s in strategies]
+        traces.append(
+            {
+                "type": "bar",
+                "x": strategies,
+                "y": [None if ci.n == 0 else ci.mean for ci in cis],
+                "name": key,
+                "visible": i == 0,
+                "marker": {"color": _PALETTE[0]},
+                "error_y": {
+                    "type": "data",
+                    "array": [0.0 if ci.n < 2 else ci.high - ci.mean for ci in cis],
+                    "arrayminus": [0.0 if ci.n < 2 else ci.mean - ci.low for ci in cis],
+                    "visible": True,
+                    "color": "#1d2330",
+                },
+                "hovertemplate": "%{x}<br>" + key.replace("%", "%%") + " = %{y:.4g}<extra></extra>",
+            }
+        )
+    layout = _layout(
+        title={"text": f"target diagnostics: {label}", "font": {"size": 14}},
+        height=360,
+        margin={"l": 60, "r": 20, "t": 80, "b": 60},
+        xaxis={**_AXIS, "type": "category"},
+        yaxis={**_AXIS, "title": {"text": keys[0]}},
+        showlegend=False,
+    )
+    if len(keys) > 1:
+        buttons = [
+            {
+                "label": key,
+                "method": "update",
+                "args": [{"visible": [j == i for j in range(len(keys))]}, {"yaxis.title.text": key}],
+            }
+            for i, key in enumerate(keys)
+        ]
+        layout["updatemenus"] = [
+            {"buttons": buttons, "direction": "down", "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom", "pad": {"b": 6}}
+        ]
+        layout["title"]["x"], layout["title"]["xanchor"] = 0.5, "center"
+    return _chart_html({"data": traces, "layout": layout}, div_id)
+
+
+def trajectory_chart(trajectory: Any, div_id: str) -> Any | None:
+    """Line chart of the diagnostics over training steps, one panel per model (source,
+    target); click a legend entry to hide a line. None when nothing was traced."""
+    if not isinstance(trajectory, dict):
+        return None
+    sides = [(side, recs) for side, recs in trajectory.items() if isinstance(recs, list) and recs]
+    if not sides:
+        return None
+    gap = 0.08
+    width = (1.0 - gap * (len(sides) - 1)) / len(sides)
+    traces: list[dict[str, Any]] = []
+    layout = _layout(height=420, margin={"l": 60, "r": 20, "t": 50, "b": 50}, annotations=[], legend={"orientation": "v"})
+    colours: dict[str, tuple[str, str]] = {}
+    for n, (side, records) in enumerate(sides):
+        suffix = "" if n == 0 else str(n + 1)
+        left = n * (width + gap)
+        layout[f"xaxis{suffix}"] = {**_AXIS, "domain": [left, left + width], "anchor": f"y{suffix}", "title": {"text": "step"}}
+        layout[f"yaxis{suffix}"] = {**_AXIS, "anchor": f"x{suffix}"}
+        layout["annotations"].append(
+            {"text": f"{side} model", "x": left + width / 2, "y": 1.0, "xref": "paper", "yref": "paper",
+             "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 14}}
+        )
+        flats = [_numeric(_flat(rec)) for rec in records if isinstance(rec, dict)]
+        steps = [f.get("step", i) for i, f in enumerate(flats)]
+        for key in dict.fromkeys(k for f in flats for k in f if k != "step"):
+            new = key not in colours
+            if new:  # past ten lines the colours come round again, dashed, then dotted
+                k = len(colours)
+                colours[key] = (_PALETTE[k % len(_PALETTE)], ("solid", "dash", "dot")[(k // len(_PALETTE)) % 3])
+            colour, dash = colours[key]
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "x": steps,
+                    "y": [f.get(key) for f in flats],
+                    "name": key,
+                    "legendgroup": key,
+                    "showlegend": new,
+                    "line": {"color": colour, "dash": dash},
+                    "marker": {"size": 4, "color": colour},
+                    "xaxis": f"x{suffix}",
+                    "yaxis": f"y{suffix}",
+                }
+            )
+    return _chart_html({"data": traces, "layout": layout}, div_id)
+
+
+@lru_cache(maxsize=1)
+def _plotly_js() -> Any:
+    """plotly.js, minified (some 5 MB): inlined once into every page that has a chart."""
+    import markupsafe
+    from plotly.offline import get_plotlyjs
+
+    return markupsafe.Markup(get_plotlyjs())
+
+
+# --------------------------------------------------------------------------- page contents
+
+
+def _interval_cell(ci: Interval, signed: bool = False) -> dict[str, str]:
+    return {"text": ci.fmt(signed=signed), "sort": "" if ci.n == 0 else _sort_key(ci.mean)}
+
+
+def _run_records(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """One record per run with its page's file name, in a stable order."""
+    ordered = runs.sort_values(["task", "strategy", "seed"], kind="stable")
+    seen: set[str] = set()
+    records = []
+    for _, r in ordered.iterrows():
+        rid = safe_id(r["task"], r["strategy"], r["seed"], r.get("key", f"{r['task']}|{r['strategy']}|{r['seed']}"))
+        while rid in seen:  # two rows of one key (a hand-built frame); never in a store
+            rid += "-x"
+        seen.add(rid)
+        records.append({"row": r, "id": rid, "href": f"runs/{rid}.html"})
+    return records
+
+
+def _first_runs(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(task, strategy) -> the page of its first ok run (lowest seed), else its first run."""
+    first: dict[tuple[str, str], str] = {}
+    for rec in sorted(records, key=lambda rec: rec["row"]["status"] != "ok"):  # stable: seeds stay in order
+        first.setdefault((rec["row"]["task"], rec["row"]["strategy"]), rec["href"])
+    return first
+
+
+def _overview(runs: pd.DataFrame) -> str:
+    versions = ", ".join(sorted({str(v) for v in runs["ptbench_version"].dropna()})) if "ptbench_version" in runs else ""
+    commits = sorted({str(c)[:10] for c in runs["git_commit"].dropna()}) if "git_commit" in runs else []
+    devices = ", ".join(sorted({str(d) for d in runs["device"].dropna()})) if "device" in runs else ""
+    return (
+        f"{len(runs)} runs ({int((runs['status'] == 'ok').sum())} ok) over {runs['task'].nunique()} tasks, "
+        f"ptbench {versions or '?'}" + (f", commit {', '.join(commits)}" if commits else "") + f", device {devices or '?'}."
+    )
+
+
+def _index_context(
+    runs: pd.DataFrame,
+    records: list[dict[str, Any]],
+    baseline: str,
+    labels: dict[str, str],
+    plots: Sequence[Path],
+    sections_md: Sequence[str],
+) -> dict[str, Any]:
+    first = _first_runs(records)
+    table = summarize(runs, baseline) if not runs.empty else pd.DataFrame()
+    specs = {}
+    for r in runs.itertuples():
+        specs.setdefault(r.task, task_spec(r.task, r.task_params))
+
+    ranking = []
+    if not table.empty:
+        for i, r in enumerate(overall_ranks(table).itertuples()):
+            tasks_of = sorted(table.loc[table["strategy"] == r.strategy, "task"])
+            ranking.append(
+                {
+                    "place": i + 1,
+                    "strategy": r.strategy,
+                    "href": first.get((tasks_of[0], r.strategy)) if tasks_of else None,
+                    "mean_rank": f"{r.mean_rank:.2f}",
+                    "mean_rank_sort": _sort_key(r.mean_rank),
+                    "tasks": int(r.tasks),
+                    "filter": " ".join([r.strategy, *tasks_of, *(labels.get(t, t) for t in tasks_of)]),
+                }
+            )
+
+    ok = runs[runs["status"] == "ok"] if not runs.empty else runs
+    tasks = []
+    if not table.empty:
+        for n, (task, rows) in enumerate(table.groupby("task", sort=True)):
+            body = []
+            for _, r in rows.sort_values("acc_mean", ascending=False).iterrows():
+                neg = r["negative"]
+                incidence = "n/a" if neg.n == 0 else f"{r['negative_k']}/{neg.n} [{neg.low * 100:.0f}, {neg.high * 100:.0f}]%"
+                seconds = _num(r["seconds"])
+                body.append(
+                    {
+                        "strategy": r["strategy"],
+                        "href": first.get((task, r["strategy"])),
+                        "filter": f"{task} {labels.get(task, task)} {r['strategy']}",
+                        "cells": [
+                            _interval_cell(r["acc"]),
+                            _interval_cell(r["delta"], signed=True),
+                            {"text": incidence, "sort": "" if neg.n == 0 else _sort_key(neg.mean)},
+                            _interval_cell(r["source_acc"]),
+                            {"text": "n/a" if seconds is None else f"{seconds:.2f}", "sort": _sort_key(seconds)},
+                            {"text": str(r["seeds"]), "sort": _sort_key(r["seeds"])},
+                        ],
+                    }
+                )
+            tasks.append(
+                {
+                    "task": task,
+                    "label": labels.get(task, task),
+                    "spec": specs.get(task, task),
+                    "anchor": f"task-{n + 1}",
+                    "rows": body,
+                    "chart": diagnostics_chart(
+                        ok[ok["task"] == task], task, labels.get(task, task), f"diagnostics-{n + 1}", [r["strategy"] for r in body]
+                    ),
+                }
+            )
+
+    failures = [
+        {
+            "task": rec["row"]["task"],
+            "label": labels.get(rec["row"]["task"], rec["row"]["task"]),
+            "strategy": rec["row"]["strategy"],
+            "seed": rec["row"]["seed"],
+            "status": rec["row"]["status"],
+            "error": ("" if _missing(rec["row"].get("error")) else str(rec["row"]["error"]))[:160],
+            "href": rec["href"],
+        }
+        for rec in records
+        if rec["row"]["status"] != "ok"
+    ]
+    all_runs = [
+        {
+            "task": rec["row"]["task"],
+            "label": labels.get(rec["row"]["task"], rec["row"]["task"]),
+            "strategy": rec["row"]["strategy"],
+            "seed": rec["row"]["seed"],
+            "status": rec["row"]["status"],
+            "acc": _pct(rec["row"].get("target_acc")),
+            "acc_sort": _sort_key(rec["row"].get("target_acc")),
+            "href": rec["href"],
+        }
+        for rec in records
+    ]
+    images = [{"name": Path(p).name, "src": _data_uri(Path(p))} for p in plots]
+    return {
+        "overview": _overview(runs) if not runs.empty else "",
+        "headers": [h.format(baseline=baseline) for h in HEADERS],
+        "ranking": ranking,
+        "tasks": tasks,
+        "failures": failures,
+        "all_runs": all_runs,
+        "images": images,
+        "sections": [markdown_html(md) for md in sections_md if md and str(md).strip()],
+        "has_charts": any(t["chart"] is not None for t in tasks),
+    }
+
+
+def _params(values: Any) -> list[tuple[str, str]]:
+    if not isinstance(values, dict):
+        return []
+    return [(str(k), _format_value(v) if not isinstance(v, (dict, list)) else str(v)) for k, v in values.items()]
+
+
+def _run_context(rec: dict[str, Any], siblings: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, Any]:
+    r = rec["row"]
+    diagnostics = dict(r["diagnostics"]) if isinstance(r.get("diagnostics"), dict) else {}
+    trajectory = diagnostics.pop("trajectory", None) or {}
+    sides = {k: v for k, v in diagnostics.items() if isinstance(v, dict)}
+    loose = {k: v for k, v in diagnostics.items() if not isinstance(v, dict)}
+    if loose:
+        sides = {"": loose, **sides}
+    flat = {name: _flat(side) for name, side in sides.items()}
+    keys = list(dict.fromkeys(k for side in flat.values() for k in side))
+    diag_rows = [[k] + [_plain(flat[name][k]) if k in flat[name] else "" for name in sides] for k in keys]
+    error = None if _missing(r.get("error")) else str(r["error"])
+    dirty = r.get("git_dirty")
+    fields = [
+        ("task", r["task"]),
+        ("strategy", r["strategy"]),
+        ("seed", str(r["seed"])),
+        ("status", str(r["status"])),
+        ("target accuracy", f"test {_pct(r.get('target_acc'))}, train {_pct(r.get('target_train_acc'))}"),
+        ("source accuracy", _pct(r.get("source_acc"))),
+        ("seconds", f"source {_plain(r.get('source_seconds'))}, target {_plain(r.get('target_seconds'))}"),
+        ("device", _plain(r.get("device"))),
+        ("key", str(r.get("key", ""))),
+    ]
+    provenance = [
+        ("ptbench", _plain(r.get("ptbench_version"))),
+        ("torch", _plain(r.get("torch_version"))),
+        ("python", _plain(r.get("python_version"))),
+        ("git commit", _plain(r.get("git_commit"))),
+        ("uncommitted changes", "n/a" if _missing(dirty) else ("yes" if int(dirty) else "no")),
+        ("host", _plain(r.get("host"))),
+        ("created", _plain(r.get("created_at"))),
+    ]
+    chart = trajectory_chart(trajectory, "trajectory")
+    task = r["task"]
+    return {
+        "title": f"{task} | {r['strategy']} | seed {r['seed']}",
+        "run": r,
+        "label": labels.get(task, task),
+        "spec": task_spec(task, r.get("task_params")),
+        "status_ok": r["status"] == "ok",
+        "error": error,
+        "fields": fields,
+        "task_params": _params(r.get("task_params")),
+        "strategy_params": _params(r.get("strategy_params")),
+        "diag_sides": list(sides),
+        "diag_rows": diag_rows,
+        "trajectory_records": {side: len(recs) for side, recs in trajectory.items() if isinstance(recs, list) and recs},
+        "chart": chart,
+        "has_charts": chart is not None,
+        "provenance": provenance,
+        "siblings": [
+            {"seed": s["row"]["seed"], "status": s["row"]["status"], "href": f"{s['id']}.html", "current": s is rec}
+            for s in siblings
+        ],
+    }
+
+
+def _environment() -> Any:
+    jinja2, _ = _deps()
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,  # every template, whatever its file name
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["plotly_js"] = _plotly_js
+    return env
+
+
+def write_site(
+    runs: pd.DataFrame,
+    out_dir: str | Path,
+    baseline: str = "scratch",
+    title: str = "ptbench leaderboard",
+    labels: dict[str, str] | None = None,
+    plots: Iterable[Path] = (),
+    sections_md: Iterable[str] = (),
+) -> Path:
+    """Write `out_dir/index.html` and `out_dir/runs/<id>.html` for every run of `runs`
+    (the store's frame, `Store.frame()`); returns the index's path.
+
+    `labels` maps task instance names to the headings shown for them (the full SPEC stays in
+    a tooltip); `plots` are image files (PNG) inlined into the index; `sections_md` are extra
+    markdown sections (a strategy's `leaderboard_section`, say) rendered after the tables.
+    """
+    env = _environment()
+    labels = dict(labels or {})
+    out = Path(out_dir)
+    try:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PtbenchError(f"cannot create the report folder {str(out)!r}: {err.strerror}") from None
+    records = _run_records(runs) if not runs.empty else []
+    context = _index_context(runs, records, baseline, labels, list(plots), list(sections_md))
+    index = out / "index.html"
+    index.write_text(env.get_template("index.html.j2").render(title=title, baseline=baseline, **context), encoding="utf-8")
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault((rec["row"]["task"], rec["row"]["strategy"]), []).append(rec)
+    page = env.get_template("run.html.j2")
+    for rec in records:
+        siblings = groups[(rec["row"]["task"], rec["row"]["strategy"])]
+        html = page.render(site_title=title, **_run_context(rec, siblings, labels))
+        (out / rec["href"]).write_text(html, encoding="utf-8")
+    return index
