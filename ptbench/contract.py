@@ -121,7 +121,7 @@ def check_param_grid(cls: type, env: CheckEnv) -> str:
             if isinstance(value, float) and not math.isfinite(value):
                 raise CheckFailed(f"parameter {key!r}: {value!r} is not finite")
     try:
-        instances = cls.expand()
+        instances = cls.grid()
     except PtbenchError as err:
         raise CheckFailed(f"the grid has an instance its own validate() rejects: {err}") from None
     names = [i.instance_name for i in instances]
@@ -400,7 +400,7 @@ def _source_file(cls: type) -> Path | None:
 
 def _instances(cls: type, env: CheckEnv) -> list[Strategy]:
     try:
-        return cls.expand()[: env.max_instances]
+        return cls.grid()[: env.max_instances]
     except PtbenchError as err:
         raise CheckFailed(f"cannot build instances: {err}") from None
 

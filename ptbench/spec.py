@@ -1,11 +1,14 @@
 """Parameter grids and the `name[key=value,...]` naming of plugin instances.
 
-A Task or Strategy class declares `params`, a dict from parameter name to the list of values
-its grid sweeps; the first value is the default. A SPEC such as
-`partial-filters[fraction=[0.25,0.5],freeze=true]` fixes some parameters (a bracketed list
-sweeps several values) and the rest expand over the class grid, as a cartesian product. The
-same grammar serves the command line and suite files, so a name printed in a leaderboard can
-be pasted back into `--strategy`.
+A Task or Strategy class declares `params`, a dict from parameter name to the values it
+offers; the first value is the default. The one grid rule: a SPEC such as
+`partial-filters[fraction=[0.25,0.5],freeze=true]` sweeps exactly the values it names (a
+bracketed list sweeps several, as a cartesian product), and every parameter it leaves out
+takes its default. So `partial-filters` is one instance (fraction=0.25, freeze=False), and a
+sweep over the offered values is written out: `partial-filters[fraction=[0.25,0.5,0.75]]`.
+`Parametrized.grid()` lists every offered combination (the contract checks validate them
+all). The same grammar serves the command line and suite files, so a name printed in a
+leaderboard can be pasted back into `--strategy`.
 """
 
 from __future__ import annotations
@@ -146,7 +149,8 @@ class Parametrized:
 
     @classmethod
     def expand(cls, fixed: dict[str, list[Any]] | None = None) -> list["Parametrized"]:
-        """Every instance of the grid, with `fixed` replacing the grid of the keys it names."""
+        """The instances a SPEC names: the cartesian product of the values `fixed` gives,
+        every other parameter at its default (the first value of its grid)."""
         fixed = fixed or {}
         unknown = set(fixed) - set(cls.params)
         if unknown:
@@ -156,8 +160,13 @@ class Parametrized:
                 f"{cls.name} has no parameter {key!r}{closest(key, cls.params)}; its parameters: {valid}"
             )
         keys = list(cls.params)
-        grids = [fixed.get(k, cls.params[k]) for k in keys]
+        grids = [fixed.get(k, cls.params[k][:1]) for k in keys]
         return [cls(**dict(zip(keys, combo))) for combo in itertools.product(*grids)]
+
+    @classmethod
+    def grid(cls) -> list["Parametrized"]:
+        """Every combination of the values the plugin offers (its whole `params` grid)."""
+        return cls.expand(dict(cls.params))
 
     def __repr__(self) -> str:
         return self.instance_name

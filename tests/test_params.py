@@ -145,22 +145,24 @@ def test_strategy_without_parameters_rejects_any():
 # --------------------------------------------------------------------------- grids
 
 
-def test_full_grid_is_the_cartesian_product():
-    instances = PartialFilters.expand()
+def test_the_offered_grid_is_the_cartesian_product():
+    instances = PartialFilters.grid()
     combos = {(s.fraction, s.freeze) for s in instances}
     assert len(instances) == 6
     assert combos == {(f, z) for f in (0.25, 0.5, 0.75) for z in (False, True)}
 
 
-def test_fixed_values_replace_the_grid_of_their_key_only():
+def test_a_parameter_left_out_of_a_spec_takes_its_default():
+    """The one grid rule (README, CONTRIBUTING, --help): a SPEC sweeps what it names only."""
+    assert [(s.fraction, s.freeze) for s in PartialFilters.expand()] == [(0.25, False)]
     instances = PartialFilters.expand(parse_spec("partial-filters[fraction=[0.1,0.9]]")[1])
-    assert sorted((s.fraction, s.freeze) for s in instances) == [
-        (0.1, False), (0.1, True), (0.9, False), (0.9, True)
-    ]
+    assert sorted((s.fraction, s.freeze) for s in instances) == [(0.1, False), (0.9, False)]
+    both = PartialFilters.expand(parse_spec("partial-filters[fraction=0.5,freeze=[false,true]]")[1])
+    assert sorted((s.fraction, s.freeze) for s in both) == [(0.5, False), (0.5, True)]
 
 
 def test_instance_name_round_trips_through_parse_spec():
-    for strategy in PartialFilters.expand():
+    for strategy in PartialFilters.grid():
         name, fixed = parse_spec(strategy.instance_name)
         again = PartialFilters.expand(fixed)
         assert len(again) == 1 and again[0].key == strategy.key
@@ -188,7 +190,7 @@ def test_suite_expands_to_tasks_times_strategies_times_seeds(registry):
         {
             "seeds": 3,
             "tasks": ["signal-noise[d=[100,200]]"],
-            "strategies": ["scratch", "partial-filters[fraction=0.5]"],
+            "strategies": ["scratch", "partial-filters[fraction=0.5,freeze=[false,true]]"],
         },
         "t",
         "t.toml",
