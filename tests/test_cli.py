@@ -60,7 +60,7 @@ def test_bad_suite_file_in_a_real_process(cli_subprocess, tmp_path):
         (["run", "--suite", "quik"], ["unknown suite 'quik'", "did you mean 'quick'?"]),
         (["run", "--suite", "missing.toml"], ["unknown suite 'missing.toml'"]),
         (["run", "--seeds", "0"], ["--seeds must be a positive integer"]),
-        (["run", "--timeout", "-1"], ["--timeout must be a positive"]),
+        (["run", "--timeout", "-1"], ["--timeout must be a finite positive"]),
         (["run", "--device", "tpu"], ["unknown device 'tpu'"]),
         (["run", "--plugin", "nowhere.py"], ["plugin file 'nowhere.py' does not exist"]),
         (["export", "--store", "missing.db"], ["no results store"]),

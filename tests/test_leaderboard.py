@@ -120,13 +120,17 @@ def test_markdown_shows_the_numbers(runs):
 def test_overall_ranking_order(runs):
     table = summarize(runs, "scratch")
     ranks = overall_ranks(table)
-    assert ranks["strategy"].tolist() == [GOOD, "scratch", "full"]
-    assert ranks["mean_rank"].tolist() == [1.0, 1.5, 2.5]
-    assert ranks["tasks"].tolist() == [1, 2, 2]
+    # GOOD ran on 1 of the 2 tasks: its mean rank is not comparable, so it sorts apart
+    assert ranks["strategy"].tolist() == ["scratch", "full", GOOD]
+    assert ranks["mean_rank"].tolist() == [1.5, 2.5, 1.0]
+    assert ranks["tasks"].tolist() == [2, 2, 1]
+    assert ranks["complete"].tolist() == [True, True, False]
     md = render(runs, "scratch")
     ranking = table_rows(md, "## Overall ranking")
-    assert list(ranking) == [GOOD, "scratch", "full"]
-    assert ranking["scratch"] == ["2", "`scratch`", "1.50", "2"]
+    assert list(ranking) == ["scratch", "full", GOOD]
+    assert ranking["scratch"] == ["1", "`scratch`", "1.50", "2"]
+    assert ranking[GOOD] == ["–", f"`{GOOD}`", "1.00", "1"]
+    assert "Only strategies run on all 2 tasks are ranked" in md
 
 
 def test_failed_runs_are_listed_not_counted(runs):
@@ -156,12 +160,15 @@ def test_cli_writes_the_leaderboard(store_path, tmp_path, cli):
     readme = tmp_path / "board" / "README.md"
     assert res.out.strip() == str(readme)
     with open_existing(store_path) as store:
-        assert readme.read_text() == render(store.frame(), "scratch")
+        page = render(store.frame(), "scratch", title=f"ptbench leaderboard: {store_path}")
+    assert readme.read_text().startswith(page.rstrip("\n") + "\n\n<!-- ptbench results digest: ")
+    again = cli("leaderboard", "--store", str(store_path), "--out", str(tmp_path / "board"))
+    assert again.code == 0 and "unchanged: same results" in again.out
 
 
 def test_write_creates_the_folder(runs, tmp_path):
-    path = write(runs, tmp_path / "a" / "b")
-    assert path.read_text().startswith("# ptbench leaderboard")
+    path, written = write(runs, tmp_path / "a" / "b")
+    assert written and path.read_text().startswith("# ptbench leaderboard")
 
 
 # --------------------------------------------------------------------------- statistics

@@ -291,7 +291,7 @@ def test_a_failing_and_a_diverging_strategy_are_stored_reported_and_retried(tmp_
     # the source model was trained, so what it scored is kept even for the failed runs
     assert runs.loc["broken", "source_acc"].notna().all()
 
-    board = (tmp_path / "leaderboard" / "README.md").read_text()
+    board = (tmp_path / "results" / "adhoc" / "README.md").read_text()
     failures = board.split("## Failed runs", 1)[1]
     assert failures.count("| failed ") == 2 and failures.count("| diverged ") == 2
     assert "planning is broken" in failures and "`explode`" in failures
@@ -308,7 +308,7 @@ def test_a_failing_and_a_diverging_strategy_are_stored_reported_and_retried(tmp_
         runs = opened.frame().set_index(["strategy", "seed"])
     assert list(runs.loc["broken", "status"]) == ["ok", "ok"]
     assert list(runs.loc["explode", "status"]) == ["diverged", "diverged"]
-    assert "broken" not in (tmp_path / "leaderboard" / "README.md").read_text().split("## Failed runs", 1)[1]
+    assert "broken" not in (tmp_path / "results" / "adhoc" / "README.md").read_text().split("## Failed runs", 1)[1]
 
 
 def test_a_broken_task_fails_its_own_runs_and_the_sweep_goes_on(tmp_path, cli, task_spec, faulty_plugin):
@@ -394,8 +394,10 @@ def test_every_run_records_what_produced_it(tmp_path, cli, task_spec):
     top = _git("rev-parse", "--show-toplevel")
     if top is not None and Path(top).resolve() == REPO:  # a checkout: the commit and whether it was dirty
         assert run["git_commit"] == _git("rev-parse", "HEAD")
-        assert run["git_dirty"] == int(bool(_git("status", "--porcelain", "--untracked-files=no")))
-        board = (tmp_path / "leaderboard" / "README.md").read_text()
+        # ptbench's own outputs (leaderboards, results, cache) never count as dirty
+        own = [":(exclude)leaderboard", ":(exclude)results", ":(exclude).ptbench-cache"]
+        assert run["git_dirty"] == int(bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *own)))
+        board = (tmp_path / "results" / "adhoc" / "README.md").read_text()
         assert f"ptbench {ptbench.__version__}" in board and run["git_commit"][:10] in board
     else:  # an installed copy: no commit is claimed
         assert run["git_commit"] is None

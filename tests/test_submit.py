@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+import ptbench.suites
+from ptbench.sweep.plan import load_suite
+
 from ptbench.results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,19 +155,24 @@ def test_add_copies_the_file_runs_the_suite_and_writes_the_leaderboard(cli, tmp_
     path.write_text(guide_example())
     into = tmp_path / "strategies"
     into.mkdir()
+    suite = tmp_path / "mysuite.toml"
+    suite.write_text((Path(ptbench.suites.__file__).parent / "smoke.toml").read_text())
     result = cli(
-        "submit", str(path), "--add", "--into", str(into), "--suite", "smoke", "--seeds", "2",
+        "submit", str(path), "--add", "--into", str(into), "--suite", str(suite), "--seeds", "2",
         "--store", str(tmp_path / "r.db"), "--leaderboard", str(tmp_path / "lb"),
     )
     assert result.code == 0, result.out + result.err
     assert (into / "largest_filters.py").read_text() == path.read_text()
     with Store(tmp_path / "r.db") as store:
         runs = store.frame()
-    expected = {"scratch", "largest-filters[fraction=0.5]", "largest-filters[fraction=0.25]"}
-    assert set(runs["strategy"]) == expected
-    assert len(runs) == 6 and set(runs["status"]) == {"ok"}
+    # the grid rule: the SPEC `largest-filters` is its default instance only
+    assert set(runs["strategy"]) == {"scratch", "largest-filters[fraction=0.5]"}
+    assert len(runs) == 4 and set(runs["status"]) == {"ok"}
     board = (tmp_path / "lb" / "README.md").read_text()
-    assert "`largest-filters[fraction=0.25]`" in board and "`scratch`" in board
+    assert "`largest-filters[fraction=0.5]`" in board and "`scratch`" in board
+    # the suite's file now lists it, so a fresh store runs it too
+    assert '"largest-filters"' in suite.read_text()
+    assert "largest-filters" in load_suite(str(suite)).sweeps[0].strategies
 
 
 def test_add_refuses_to_overwrite_another_file_before_checking(cli, tmp_path):

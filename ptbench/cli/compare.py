@@ -10,10 +10,11 @@ import pandas as pd
 from tabulate import tabulate
 
 from ptbench.errors import PtbenchError
-from ptbench.spec import parse_spec
+from ptbench.registry import default_registry
+from ptbench.results.query import select_spec
 from ptbench.results.stats import Interval, mean_ci, paired_deltas
 from ptbench.results.store import open_existing
-from ptbench.cli._common import DEFAULT_STORE
+from ptbench.sweep.outputs import DEFAULT_STORE
 
 NAME = "compare"
 HELP = "compare two stores, or two strategies in one store: paired differences per task"
@@ -57,25 +58,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- selecting runs
 
 
-def spec_mask(runs: pd.DataFrame, column: str, spec: str) -> pd.Series:
-    """Rows whose `column` plugin (task or strategy) matches SPEC: same name, and every
-    parameter the SPEC names has one of the SPEC's values (the rest may be anything)."""
-    name, fixed = parse_spec(spec)
-    names = runs[column].str.split("[", n=1).str[0]
-    params = runs[f"{column}_params"]
-    ok = [
-        n == name and all(k in p and p[k] in values for k, values in fixed.items())
-        for n, p in zip(names, params)
-    ]
-    return pd.Series(ok, index=runs.index, dtype=bool)
-
-
-def select(runs: pd.DataFrame, column: str, specs: list[str]) -> pd.DataFrame:
+def select(runs: pd.DataFrame, column: str, specs: list[str], registry=None) -> pd.DataFrame:
     if not specs:
         return runs
     mask = pd.Series(False, index=runs.index)
     for spec in specs:
-        hit = spec_mask(runs, column, spec)
+        hit = select_spec(runs, column, spec, registry)
         if not hit.any():
             raise PtbenchError(f"no stored run has a {column} matching {spec!r}; `python -m ptbench export` lists the runs")
         mask |= hit
@@ -130,8 +118,9 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 def compare_stores(path_a: str, path_b: str, tasks: list[str], strategies: list[str], metric: str) -> str:
     all_a, a = _ok(path_a)
     all_b, b = _ok(path_b)
-    a = select(select(a, "task", tasks), "strategy", strategies)
-    b = select(select(b, "task", tasks), "strategy", strategies)
+    registry = default_registry()
+    a = select(select(a, "task", tasks, registry), "strategy", strategies, registry)
+    b = select(select(b, "task", tasks, registry), "strategy", strategies, registry)
     on = ["task", "strategy", "seed"]
     pairs = _pair(a, b, on, metric)
     _, _, unit, dunit = METRICS[metric]
@@ -198,9 +187,10 @@ def _one_variant(rows: pd.DataFrame, spec: str) -> pd.DataFrame:
 
 def compare_strategies(path: str, spec_a: str, spec_b: str, tasks: list[str], metric: str) -> str:
     all_runs, ok = _ok(path)
-    ok = select(ok, "task", tasks)
-    a = _one_variant(ok[spec_mask(ok, "strategy", spec_a)], spec_a)
-    b = _one_variant(ok[spec_mask(ok, "strategy", spec_b)], spec_b)
+    registry = default_registry()
+    ok = select(ok, "task", tasks, registry)
+    a = _one_variant(ok[select_spec(ok, "strategy", spec_a, registry)], spec_a)
+    b = _one_variant(ok[select_spec(ok, "strategy", spec_b, registry)], spec_b)
     for spec, rows in ((spec_a, a), (spec_b, b)):
         if rows.empty:
             raise PtbenchError(f"no ok run in {path!r} has a strategy matching {spec!r}; `python -m ptbench export` lists the runs")
@@ -234,7 +224,7 @@ def compare_strategies(path: str, spec_a: str, spec_b: str, tasks: list[str], me
 
 
 def main(args: argparse.Namespace) -> int:
-    stores = args.store or [DEFAULT_STORE]
+    stores = args.store or [str(DEFAULT_STORE)]
     if len(stores) > 2:
         raise PtbenchError(f"compare takes one or two --store, got {len(stores)}")
     if len(stores) == 2:

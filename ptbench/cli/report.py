@@ -8,8 +8,9 @@ from ptbench.errors import PtbenchError
 from ptbench.registry import default_registry
 from ptbench.results.suite_report import load_report, write_report
 from ptbench.results.store import open_existing
-from ptbench.sweep.plan import expand, load_suite
-from ptbench.cli._common import add_plugins, add_store
+from ptbench.sweep.outputs import outputs_for
+from ptbench.sweep.plan import builtin_suites, expand, load_suite
+from ptbench.cli._common import add_plugins
 
 NAME = "report"
 HELP = "write a suite's report pages (e.g. the paper suite's plots) from the store"
@@ -18,15 +19,15 @@ Write the pages a suite's `report` key names, from the runs of that suite alread
 store (`python -m ptbench run --suite NAME` writes them too, after running).
 
 examples:
-  python -m ptbench report --suite paper --store results/paper.db --out leaderboard
+  python -m ptbench report --suite paper          # results/paper.db -> leaderboard/paper/
 """
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="paper", metavar="NAME|FILE", help="built-in suite name or a suite .toml (default: paper)")
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default: the suite's)")
-    add_store(p)
-    p.add_argument("--out", default="leaderboard", metavar="DIR", help="output folder (default: leaderboard)")
+    p.add_argument("--store", default=None, metavar="PATH", help="SQLite results store (default: results/SUITE.db)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: the suite's leaderboard folder)")
     add_plugins(p)
 
 
@@ -38,9 +39,10 @@ def main(args: argparse.Namespace) -> int:
         )
     load_report(suite.report)  # a wrong report key is reported before anything is read
     specs = expand(suite, default_registry(args.plugin), seeds=args.seeds)
-    with open_existing(args.store) as store:
+    where = outputs_for(suite.name, suite.name in builtin_suites(), False, args.seeds not in (None, suite.seeds), args.store, args.out)
+    with open_existing(where.store) as store:
         runs = store.frame()
-    written = write_report(suite.report, runs, specs, args.out, suite.baseline)
+    written = write_report(suite.report, runs, specs, where.leaderboard, suite.baseline)
     for path in written:
         print(path)
     return 0

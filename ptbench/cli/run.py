@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -11,44 +12,56 @@ from ptbench.errors import PtbenchError
 from ptbench.sweep.execute import make_executor
 from ptbench.results.leaderboard import write as write_leaderboard
 from ptbench.registry import default_registry
-from ptbench.results.suite_report import load_report, write_report
+from ptbench.results.suite_report import load_report, suite_runs, write_report
 from ptbench.run.options import RunOptions, resolve_device
 from ptbench.results.store import Store
-from ptbench.sweep.plan import expand, load_suite
+from ptbench.sweep.outputs import outputs_for
+from ptbench.sweep.plan import builtin_suites, expand, load_suite
 from ptbench.sweep.sweep import SweepInterrupted, run_sweep
 from ptbench.cli._common import add_plugins, add_store
 
 NAME = "run"
-HELP = "run a suite (default: quick) and update the store and leaderboard"
+HELP = "run a suite (default: quick): store its runs, write its leaderboard"
 DESCRIPTION = """\
-Run every (task variant, strategy variant, seed) of a suite that the store does not hold yet,
-store one row per run, then regenerate the leaderboard.
+Run every (task variant, strategy variant, seed) of a suite that its store does not hold
+yet (or holds from other plugin code), store one row per run, then write the leaderboard
+of that suite's runs.
 
-SPEC is `name` or `name[key=value,...]`; a value in brackets sweeps several values, e.g.
+SPEC is `name` or `name[key=value,...]`; a value in brackets sweeps several values, and a
+parameter a SPEC leaves out takes its default (the first value `list` shows), e.g.
   --strategy 'partial-filters[fraction=[0.25,0.5],freeze=false]'
   --task 'signal-noise[shared=2.0,n_target=20]'
---task / --strategy replace the suite's tasks / strategies; the baseline strategy (scratch)
-is what the leaderboard's paired differences are taken against, so keep it in.
+--task / --strategy replace the suite's tasks / strategies (an ad-hoc run); the baseline
+strategy (scratch) is what the leaderboard's paired differences are taken against, so
+keep it in.
+
+Where results go (--store and --leaderboard override):
+  --suite NAME             results/NAME.db and the committed leaderboard/NAME/
+  --suite NAME --seeds N   results/NAME.db and results/NAME/ (not the suite as defined)
+  --suite FILE.toml        results/STEM.db and results/STEM/
+  --task / --strategy      results/adhoc.db and results/adhoc/
+A committed leaderboard is rewritten only when its results change, not when only timings
+or provenance do.
 
 examples:
   python -m ptbench run                                  # the quick suite
-  python -m ptbench run --suite paper --seeds 10
+  python -m ptbench run --suite paper
   python -m ptbench run --task 'signal-noise[d=500]' --strategy scratch --strategy full
 """
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="quick", metavar="NAME|FILE", help="built-in suite name or a suite .toml (default: quick)")
-    p.add_argument("--task", action="append", default=[], metavar="SPEC", help="task SPEC to run instead of the suite's (repeatable)")
-    p.add_argument("--strategy", action="append", default=[], metavar="SPEC", help="strategy SPEC to run instead of the suite's (repeatable)")
+    p.add_argument("--task", action="append", default=[], metavar="SPEC", help="task SPEC to run instead of the suite's (repeatable; an ad-hoc run)")
+    p.add_argument("--strategy", action="append", default=[], metavar="SPEC", help="strategy SPEC to run instead of the suite's (repeatable; an ad-hoc run)")
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default: the suite's)")
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu or cuda (default: auto)")
-    add_store(p)
+    add_store(p, default=None)
     p.add_argument(
-        "--leaderboard", default="leaderboard", metavar="DIR",
-        help="where README.md (and the suite's report pages, if it has any) go (default: leaderboard)",
+        "--leaderboard", default=None, metavar="DIR",
+        help="where README.md (and the suite's report pages, if it has any) go (default: see above)",
     )
-    p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not write the leaderboard")
     add_plugins(p)
     p.add_argument("--force", action="store_true", help="re-run runs that are already stored")
     p.add_argument("--retry-failed", action="store_true", help="re-run only the stored runs that did not end ok")
@@ -64,8 +77,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.timeout is not None and args.timeout <= 0:
-        raise PtbenchError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise PtbenchError(f"--timeout must be a finite positive number of seconds, got {args.timeout}")
     if args.data_dir:
         os.environ["PTBENCH_DATA"] = args.data_dir  # read by tasks (and inherited by workers)
     options = RunOptions(
@@ -80,29 +93,34 @@ def main(args: argparse.Namespace) -> int:
     specs = expand(suite, registry, args.task or None, args.strategy or None, args.seeds)
     if not specs:
         raise PtbenchError("nothing to run: the suite and options select no runs")
-    store = Store(args.store)
+    adhoc = bool(args.task or args.strategy)
+    where = outputs_for(suite.name, suite.name in builtin_suites(), adhoc, args.seeds not in (None, suite.seeds),
+                        args.store, args.leaderboard)
+    store = Store(where.store)
     try:
         try:
-            report = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet, executor=executor)
+            done = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet, executor=executor)
         except SweepInterrupted as stop:  # every run that finished is already committed
             print(
-                f"ptbench: interrupted; {stop.report.ran} run(s) finished and stored "
-                f"({_stored(specs, store)} of this sweep's {len(specs)} are in {args.store}); "
+                f"ptbench: interrupted; {stop.summary.ran} run(s) finished and stored "
+                f"({_stored(specs, store)} of this sweep's {len(specs)} are in {where.store}); "
                 "run the same command again to resume",
                 file=sys.stderr,
             )
             return 130
         if not args.no_leaderboard:
-            runs = store.frame()
-            path = write_leaderboard(runs, args.leaderboard, suite.baseline, registry)
-            print(f"leaderboard: {path}", file=sys.stderr)
-            if suite.report:  # the suite's own pages (the paper suite's phase diagrams, say)
-                for written in write_report(suite.report, runs, specs, args.leaderboard, suite.baseline):
-                    print(f"report: {written}", file=sys.stderr)
+            runs = suite_runs(store.frame(), specs)
+            title = "ptbench leaderboard: ad-hoc runs" if adhoc else f"ptbench leaderboard: the {suite.name} suite"
+            path, written = write_leaderboard(runs, where.leaderboard, suite.baseline, registry, title)
+            state = "written" if written else "unchanged, same results"
+            print(f"leaderboard: {path}: {state} ({where.why})", file=sys.stderr)
+            if suite.report and not adhoc:  # the suite's own pages (the paper suite's phase diagrams, say)
+                for page in write_report(suite.report, runs, specs, where.leaderboard, suite.baseline):
+                    print(f"report: {page}", file=sys.stderr)
     finally:
         store.close()
-    print(f"ptbench: {report.summary()}; store: {args.store}", file=sys.stderr)
-    return 1 if report.failed else 0
+    print(f"ptbench: {done.summary()}; store: {where.store}", file=sys.stderr)
+    return 1 if done.failed else 0
 
 
 def _stored(specs: list, store: Store) -> int:

@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from ptbench.errors import PtbenchError
+from ptbench.registry import default_registry
+from ptbench.results.query import find_run
 from ptbench.results.store import open_existing
 from ptbench.cli._common import add_store
 
@@ -21,12 +22,16 @@ Print one stored run: identity, status, accuracies, timings, provenance and the 
 diagnostics (measured after source training and after target training), with the first and
 last record of any trajectory. --json prints the whole record, trajectories included.
 
-RUN is the run's key, or TASK|STRATEGY|SEED with the instance names the leaderboard prints,
-or any part of either that only one run contains.
+RUN is the run's key; or TASK|STRATEGY|SEED (or STRATEGY|SEED) with the instance names the
+leaderboard prints, or SPECs naming them (a parameter a SPEC leaves out takes its default;
+a task SPEC that matches nothing that way matches any settings of what it leaves out); or
+any part of a key or name that only one run contains. When several runs match, they are
+listed.
 
-examples:
-  python -m ptbench show 'signal-noise[shared=2.0]|scratch|3'
-  python -m ptbench show --store results/paper.db --json 'fraction=0.5,freeze=False]|4'
+examples (on the store the quick suite leaves, results/quick.db):
+  python -m ptbench show 'digits-split|full|0'
+  python -m ptbench show 'digits-split[width=8,source_steps=200,target_steps=60]|partial-filters[fraction=0.5,freeze=False]|3'
+  python -m ptbench show --json 'digits-split|scratch|4'
 """
 
 
@@ -34,25 +39,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run key, TASK|STRATEGY|SEED, or a part of either that names one run")
     add_store(p)
     p.add_argument("--json", action="store_true", help="the whole record as JSON (trajectories included)")
-
-
-def find_run(runs: pd.DataFrame, query: str) -> pd.Series:
-    """The one run `query` names, or a PtbenchError that lists the candidates."""
-    names = runs["task"] + "|" + runs["strategy"] + "|" + runs["seed"].astype(str)
-    for exact in (runs["key"] == query, names == query):
-        if exact.sum() == 1:
-            return runs[exact].iloc[0]
-    hits = runs[runs["key"].str.contains(query, regex=False) | names.str.contains(query, regex=False)]
-    if len(hits) == 1:
-        return hits.iloc[0]
-    if hits.empty:
-        raise PtbenchError(
-            f"no run matches {query!r}; give a key or TASK|STRATEGY|SEED as the leaderboard prints them "
-            "(`python -m ptbench export` lists every run)"
-        )
-    shown = [f"{r.task}|{r.strategy}|{r.seed}" for r in hits.head(5).itertuples()]
-    more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
-    raise PtbenchError(f"{len(hits)} runs match {query!r}: {'; '.join(shown)}{more}; give more of the name")
 
 
 def _number(value: Any) -> str:
@@ -136,7 +122,7 @@ def _jsonable(run: pd.Series) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     with open_existing(args.store) as store:
         runs = store.frame()
-    run = find_run(runs, args.run)
+    run = find_run(runs, args.run, default_registry())
     if args.json:
         print(json.dumps(_jsonable(run), indent=1, sort_keys=True))
     else:

@@ -18,7 +18,9 @@ from ptbench.results.leaderboard import write as write_leaderboard
 from ptbench.registry import default_registry
 from ptbench.run.options import RunOptions, resolve_device
 from ptbench.results.store import Store
-from ptbench.sweep.plan import expand, load_suite
+from ptbench.results.suite_report import suite_runs
+from ptbench.sweep.outputs import outputs_for
+from ptbench.sweep.plan import add_strategies, builtin_suites, expand, load_suite
 from ptbench.sweep.sweep import run_sweep
 from ptbench.cli._common import add_plugins, add_store
 
@@ -38,9 +40,11 @@ defines, each reported by name with pass or FAIL and why:
   finished_run        the default instance runs to the end through the real harness on the
                       smoke suite's task within --timeout seconds
 
-With --add, a file whose checks all pass is copied into the built-in strategies folder, the
-suite (default: quick) is run for its strategies and the baseline, and the leaderboard is
-regenerated. Without --add nothing is changed.
+With --add, when every check passes, the suite (default: quick) is run for the file's
+strategies and the baseline (into the suite's store, results/SUITE.db); only when every run
+ends ok is the file copied into the built-in strategies folder, its strategies added to the
+suite's file (so a fresh store runs them too), and the suite's leaderboard rewritten.
+Without --add nothing is changed.
 
 exit status: 0 every check passed (and, with --add, every run ended ok); 1 a check failed;
 2 FILE cannot be read or imported.
@@ -59,8 +63,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="quick", metavar="NAME|FILE", help="suite --add runs the new strategies on (default: quick)")
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds for --add's suite run (default: the suite's)")
     p.add_argument("--device", default="auto", metavar="D", help="device for --add's suite run: auto, cpu or cuda (default: auto)")
-    add_store(p)
-    p.add_argument("--leaderboard", default="leaderboard", metavar="DIR", help="where --add writes README.md (default: leaderboard)")
+    add_store(p, default=None)
+    p.add_argument("--leaderboard", default=None, metavar="DIR", help="where --add writes README.md (default: the suite's leaderboard folder)")
     add_plugins(p)
 
 
@@ -167,21 +171,32 @@ def _destination(path: Path, into: str | None) -> Path:
 
 
 def _add(path: Path, dest: Path, names: list[str], args: argparse.Namespace) -> int:
-    if dest.resolve() != path.resolve():
-        shutil.copyfile(path, dest)
-    print(f"added: {dest}", file=sys.stderr)
-    importlib.invalidate_caches()  # the registry lists the folder afresh and sees the new module
+    """Run the suite for the new strategies first (FILE loaded as a plugin); only when every
+    run ended ok, copy FILE into the strategies folder, add its strategies to the suite's
+    file (so that a fresh store keeps them) and rewrite the suite's leaderboard."""
     registry = default_registry(args.plugin)
-    if any(name not in registry.strategies for name in names):  # --into a folder that is not built in
-        registry.load_plugin(dest)
+    registry.load_plugin(path)
     suite = load_suite(args.suite)
+    suite_file = builtin_suites().get(suite.name) if suite.name in builtin_suites() else Path(args.suite)
     specs = expand(suite, registry, strategies=[suite.baseline, *names], seeds=args.seeds)
     options = RunOptions(device=resolve_device(args.device))
-    store = Store(args.store)
+    where = outputs_for(suite.name, suite.name in builtin_suites(), False, args.seeds not in (None, suite.seeds), args.store, args.leaderboard)
+    store = Store(where.store)
     try:
-        report = run_sweep(specs, store, options, progress=False)
-        board = write_leaderboard(store.frame(), args.leaderboard, suite.baseline, registry)
+        done = run_sweep(specs, store, options, progress=False)
+        print(f"ptbench: suite {suite.name}: {done.summary()}; store: {where.store}", file=sys.stderr)
+        if done.failed:
+            print("not added: some runs of the suite did not end ok (see above); nothing was copied", file=sys.stderr)
+            return 1
+        if dest.resolve() != path.resolve():
+            shutil.copyfile(path, dest)
+        print(f"added: {dest}", file=sys.stderr)
+        added = add_strategies(suite_file, names)
+        print(f"added to the {suite.name} suite ({suite_file}): {', '.join(added) or 'already listed'}", file=sys.stderr)
+        whole = expand(load_suite(str(suite_file)), registry, seeds=args.seeds)
+        board, _ = write_leaderboard(suite_runs(store.frame(), whole), where.leaderboard, suite.baseline, registry,
+                                     f"ptbench leaderboard: the {suite.name} suite")
     finally:
         store.close()
-    print(f"ptbench: suite {suite.name}: {report.summary()}; store: {args.store}; leaderboard: {board}", file=sys.stderr)
-    return 1 if report.failed else 0
+    print(f"leaderboard: {board}", file=sys.stderr)
+    return 0

@@ -142,11 +142,16 @@ def summarize(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 
 def overall_ranks(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean rank over tasks (1 is best), with how many tasks each strategy ran on."""
+    """Mean rank over tasks (1 is best), with how many tasks each strategy ran on.
+
+    A mean over fewer tasks is not comparable with a mean over all of them, so `complete`
+    marks the strategies present on every task of the table; they sort first, the others
+    after them (each with its task count)."""
     if table.empty:
-        return pd.DataFrame(columns=["strategy", "mean_rank", "tasks"])
+        return pd.DataFrame(columns=["strategy", "mean_rank", "tasks", "complete"])
     out = table.groupby("strategy").agg(mean_rank=("rank", "mean"), tasks=("task", "nunique")).reset_index()
-    return out.sort_values(["mean_rank", "strategy"]).reset_index(drop=True)
+    out["complete"] = out["tasks"] == table["task"].nunique()
+    return out.sort_values(["complete", "mean_rank", "strategy"], ascending=[False, True, True]).reset_index(drop=True)
 
 
 def paired_deltas(a: pd.DataFrame, b: pd.DataFrame, on: list[str], metric: str = "target_acc") -> pd.DataFrame:

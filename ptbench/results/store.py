@@ -29,7 +29,7 @@ import torch
 from ptbench.api import RunResult
 from ptbench.errors import PtbenchError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION = "ptbench"
 
 #: The runs table as schema 1 created it. Frozen: a new store is created at schema 1 and
@@ -78,6 +78,13 @@ MIGRATIONS: list[Migration] = [
         columns=(("python_version", "TEXT"), ("git_dirty", "INTEGER")),
         statements=("CREATE INDEX IF NOT EXISTS runs_task_strategy ON runs (task, strategy, seed)",),
     ),
+    Migration(
+        version=3,
+        why="results that know their code: a digest of the task's and strategy's plugin modules "
+        "(a run made by other code is re-run, not reported as current), and the training path "
+        "the run took (batched engine or per-run loop)",
+        columns=(("plugin_hash", "TEXT"), ("path", "TEXT")),
+    ),
 ]
 assert [m.version for m in MIGRATIONS] == list(range(2, SCHEMA_VERSION + 1)), "migrations must be consecutive"
 
@@ -94,12 +101,18 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+#: What ptbench itself writes inside a checkout: these never make a run "dirty".
+OWN_OUTPUTS = ("leaderboard", "results", ".ptbench-cache")
+
+
 @lru_cache(maxsize=1)
 def provenance() -> dict[str, Any]:
     """What produced a result: versions, the git state of ptbench's own checkout, the host.
 
     The commit is only taken when ptbench itself is the checkout's top level (an editable
     install), never from some unrelated repository an installed ptbench happens to sit in.
+    `git_dirty` says whether tracked files other than ptbench's own outputs (OWN_OUTPUTS:
+    the leaderboards it writes, its results and cache) differ from the commit.
     """
     from ptbench import __version__
 
@@ -108,7 +121,8 @@ def provenance() -> dict[str, Any]:
     top = _git(["rev-parse", "--show-toplevel"], here)
     if top is not None and Path(top).resolve() == here.parent:
         commit = _git(["rev-parse", "HEAD"], here)
-        status = _git(["status", "--porcelain", "--untracked-files=no"], here)
+        excluded = [f":(exclude){name}" for name in OWN_OUTPUTS]
+        status = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", *excluded], Path(top))
         dirty = None if commit is None or status is None else int(bool(status))
     return {
         "ptbench_version": __version__,
@@ -265,6 +279,11 @@ class Store:
     # -- reading ---------------------------------------------------------------------------
     def statuses(self) -> dict[str, str]:
         return dict(self.conn.execute("SELECT key, status FROM runs"))
+
+    def stored(self) -> dict[str, tuple[str, str | None]]:
+        """key -> (status, plugin_hash) of every stored run (the hash is None for runs stored
+        before schema 3 recorded it)."""
+        return {key: (status, code) for key, status, code in self.conn.execute("SELECT key, status, plugin_hash FROM runs")}
 
     def frame(self) -> pd.DataFrame:
         """Every run as a DataFrame, JSON columns decoded."""

@@ -1,35 +1,43 @@
 """Trained donor models on disk, so that a later `run` reuses them instead of retraining.
 
-A source model (or the selffer control's donor, trained on the target task) depends on the
-task variant, the seed, its role, and the code that draws its data and trains it. The key
-is all four: `task.key`, the seed, the role, and a hash of the source of every module that
-defines training (ptbench.run.training, ptbench.rng, the task's module, the model's module, the
-task's batched engine). Change any of them and the old entry is simply never looked up
-again; benchopt's users complain of caches that miss code changes, and this one cannot.
+A donor (the source model, or the selffer control's model trained on the target task)
+depends on the task variant, the seed, its role, and the code that draws its data, builds
+its model and trains it. The key is all four: `task.key`, the seed, the role, and a digest
+(`ptbench.sources`) of
+
+* the task's own modules: its class and base classes, and every helper module they use in
+  the task's own folder (for signal-noise: task, data, model, engine, diagnostics; for a
+  third-party task, its package's modules), plus its model's and its engine's modules;
+* the harness modules that shape a donor (`DONOR_HARNESS`): the plugin contract, the
+  random streams, the training loop, the donor roles and streams, per-run and batched
+  donor training, and the engine protocol.
+
+Edit any of them and the old entry is simply never looked up again (tests/ edit each one).
+What the key does not cover: installed packages (torch, numpy), whose versions every run
+records, and the data files of on-disk datasets, which are the user's.
 
 An entry holds the weights (loaded with `torch.load(..., weights_only=True)`), the donor's
 test accuracy, training seconds, diagnostics and trajectory: everything a RunResult reports
 about its source model. A file that cannot be read, or whose stored key differs from the one
 asked for, is reported with a warning and retrained (and overwritten). Writes go to a
-temporary file renamed into place, so parallel workers never read half a file.
+temporary file renamed into place, so parallel workers never read half a file. A shared
+cache folder trusts whoever can write to it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ptbench.api import Task
+from ptbench.sources import digest, plugin_modules
 
 #: Bump when the layout of an entry changes.
 FORMAT = 1
@@ -49,54 +57,34 @@ class CachedDonor:
     trajectory: list
 
 
-def _module_file(module_name: str) -> str | None:
-    module = sys.modules.get(module_name)
-    try:
-        return inspect.getsourcefile(module) if module is not None else None
-    except TypeError:  # built-in or compiled module: no source to hash
-        return None
-
-
-@lru_cache(maxsize=None)
-def _file_digest(path: str, mtime_ns: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+#: Harness modules whose code decides what a donor becomes (see the module docstring).
+DONOR_HARNESS = (
+    "ptbench.api",
+    "ptbench.rng",
+    "ptbench.run.training",
+    "ptbench.run.group",
+    "ptbench.run.donors",
+    "ptbench.run.batched",
+    "ptbench.run.engines",
+)
 
 
 def training_modules(task: Task) -> set[str]:
-    """The modules whose code decides what a donor of `task` becomes: ptbench.run.training and
-    ptbench.rng, the modules of the task's classes (its base classes too: a class-split
-    image task draws its data in ptbench.tasks.images.base), the ptbench modules those reference
-    (datasets, models), the model's module and the task's batched engine."""
-    modules = {"ptbench.run.training", "ptbench.rng"}
-    for cls in type(task).__mro__:
-        if issubclass(cls, Task) and cls is not Task:
-            modules.add(cls.__module__)
-    for name in list(modules):
-        module = sys.modules.get(name)
-        for value in vars(module).values() if module is not None else ():
-            origin = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
-            if isinstance(origin, str) and origin.startswith("ptbench."):
-                modules.add(origin)
+    """Every module whose code shapes a donor of `task` (see the module docstring)."""
+    extra = set()
     try:
-        modules.add(type(task.model("source", torch.Generator())).__module__)
+        extra.add(type(task.model("source", torch.Generator())).__module__)
     except Exception:  # a task whose model cannot be built fails later, with its own message
         pass
     engine = task.batched_engine()
     if engine is not None:
-        modules |= {type(engine).__module__, "ptbench.run.engines"}
-    return modules
+        extra.add(type(engine).__module__)
+    return plugin_modules(type(task), extra) | set(DONOR_HARNESS)
 
 
 def code_hash(task: Task) -> str:
-    """A digest of the source files of `training_modules(task)`."""
-    digest = hashlib.sha256()
-    for name in sorted(training_modules(task)):
-        path = _module_file(name)
-        if path is None:
-            digest.update(f"{name}:no-source".encode())
-            continue
-        digest.update(f"{name}:{_file_digest(path, os.stat(path).st_mtime_ns)}".encode())
-    return digest.hexdigest()
+    """The digest of `training_modules(task)`."""
+    return digest(training_modules(task))
 
 
 class DonorCache:

@@ -15,6 +15,7 @@ A bare `tasks`/`strategies` pair at the top level is one sweep. Built-in suites 
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,3 +157,58 @@ def expand(
                     spec = RunSpec(task, strategy, seed)
                     specs.setdefault(spec.key, spec)
     return list(specs.values())
+
+
+def add_strategies(path: Path, names: list[str]) -> list[str]:
+    """Add strategy names to the first sweep of a suite file, keeping its text (comments,
+    layout) as it is; returns the names that were not listed yet. The edited file must parse
+    as a suite listing them, or it is left unchanged and a PtbenchError says why."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    suite = parse_suite(tomllib.loads(text), path.stem, str(path))
+    listed = set(suite.sweeps[0].strategies)
+    new = [n for n in names if n not in listed]
+    if not new:
+        return []
+    found = re.search(r"^\s*strategies\s*=\s*\[", text, flags=re.M)
+    start = found.end() - 1 if found else -1
+    end = _closing_bracket(text, start) if start != -1 else -1
+    if end == -1:
+        raise PtbenchError(f"cannot find the strategies list of the first sweep in {str(path)!r}; add {', '.join(new)} by hand")
+    body = text[start + 1 : end].rstrip()
+    multiline = "\n" in text[start:end]
+    addition = "".join(f'\n    "{n}",' for n in new) if multiline else "".join(f', "{n}"' for n in new)
+    if multiline and body and not body.endswith(","):
+        body += ","
+    edited = text[: start + 1] + body + addition + ("\n" if multiline else "") + text[end:]
+    again = parse_suite(tomllib.loads(edited), path.stem, str(path))
+    if not set(new) <= set(again.sweeps[0].strategies):
+        raise PtbenchError(f"could not add {', '.join(new)} to {str(path)!r}; add them by hand")
+    path.write_text(edited, encoding="utf-8")
+    return new
+
+
+def _closing_bracket(text: str, start: int) -> int:
+    """Index of the `]` closing the `[` at `start`, skipping strings and comments."""
+    depth, i, quote = 0, start, None
+    while i < len(text):
+        char = text[i]
+        if quote:
+            if char == "\\":
+                i += 1
+            elif char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char == "#":
+            i = text.find("\n", i)
+            if i == -1:
+                return -1
+        elif char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1

@@ -21,12 +21,15 @@ from ptbench.sweep.execute import Executor, LocalExecutor
 from ptbench.run.group import group_specs
 from ptbench.run.options import RunOptions
 from ptbench.results.store import Store
+from ptbench.sources import plugin_hash
 
 
 @dataclass
-class SweepReport:
-    total: int
+class SweepSummary:
+    """What a sweep did: how many runs it ran (and why), how many it found stored."""
+
     skipped: int
+    changed: int = 0  # stored runs re-run because their plugin code changed (or was not recorded)
     statuses: Counter = field(default_factory=Counter)
 
     @property
@@ -38,7 +41,10 @@ class SweepReport:
         return sum(n for status, n in self.statuses.items() if status != "ok")
 
     def summary(self) -> str:
-        parts = [f"{self.ran} run(s) done", f"{self.skipped} already stored"]
+        done = f"{self.ran} run(s) done"
+        if self.changed:
+            done += f" ({self.changed} re-run because their plugin code changed since they were stored)"
+        parts = [done, f"{self.skipped} already stored"]
         parts += [f"{n} {status}" for status, n in sorted(self.statuses.items()) if status != "ok"]
         return ", ".join(parts)
 
@@ -46,23 +52,48 @@ class SweepReport:
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C during a sweep, carrying what had finished (and is stored) by then."""
 
-    def __init__(self, report: SweepReport):
+    def __init__(self, summary: SweepSummary):
         super().__init__()
-        self.report = report
+        self.summary = summary
 
 
-def pending(specs: list[RunSpec], store: Store, force: bool = False, retry_failed: bool = False) -> list[RunSpec]:
-    """The specs to run: all with --force; else those not stored (and failed ones on retry)."""
+@dataclass
+class Pending:
+    """The runs a sweep must run, and why: `new` were never stored, `changed` were stored by
+    other plugin code (or before code was recorded), `retried` failed and --retry-failed."""
+
+    todo: list[RunSpec]
+    hashes: dict[str, str]
+    changed: int = 0
+    skipped: int = 0
+
+
+def pending(specs: list[RunSpec], store: Store, force: bool = False, retry_failed: bool = False) -> Pending:
+    """The specs to run: all with --force; else those not stored, those stored by other
+    plugin code, and (with --retry-failed) those stored with a status other than ok."""
+    hashes = {spec.key: plugin_hash(type(spec.task), type(spec.strategy)) for spec in specs}
     if force:
-        return list(specs)
-    stored = store.statuses()
-    return [s for s in specs if s.key not in stored or (retry_failed and stored[s.key] != "ok")]
+        return Pending(list(specs), hashes)
+    stored = store.stored()
+    todo, changed = [], 0
+    for spec in specs:
+        if spec.key not in stored:
+            todo.append(spec)
+            continue
+        status, code = stored[spec.key]
+        if code != hashes[spec.key]:
+            todo.append(spec)
+            changed += 1
+        elif retry_failed and status != "ok":
+            todo.append(spec)
+    return Pending(todo, hashes, changed, len(specs) - len(todo))
 
 
-def _write(store: Store, result: RunResult) -> RunResult:
+def _write(store: Store, result: RunResult, hashes: dict[str, str]) -> RunResult:
     """Store a result; one the store cannot hold (a plugin's diagnostics that JSON cannot
     encode) is stored as failed with the reason, like any other plugin error, and the sweep
     goes on."""
+    result = replace(result, plugin_hash=hashes.get(result.key))
     try:
         store.write(result)
         return result
@@ -97,9 +128,10 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
     executor: Executor | None = None,
-) -> SweepReport:
-    todo = pending(specs, store, force, retry_failed)
-    report = SweepReport(total=len(specs), skipped=len(specs) - len(todo))
+) -> SweepSummary:
+    plan = pending(specs, store, force, retry_failed)
+    todo = plan.todo
+    summary = SweepSummary(skipped=plan.skipped, changed=plan.changed)
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress or not todo, file=sys.stderr, dynamic_ncols=True,
                 mininterval=0.2 if sys.stderr.isatty() else 5.0)
 
@@ -107,14 +139,14 @@ def run_sweep(
     try:
         for result in executor.run(group_specs(todo), options):
             with _interrupt_after():  # a run is stored and counted, or neither
-                result = _write(store, result)
-                report.statuses[result.status] += 1
+                result = _write(store, result, plan.hashes)
+                summary.statuses[result.status] += 1
             bar.update(1)
             bar.set_postfix_str(f"{result.task[:40]} seed {result.seed}", refresh=False)
             if result.status != "ok":
                 bar.write(f"{result.status}: {result.task} / {result.strategy} / seed {result.seed}: {result.error}", file=sys.stderr)
     except KeyboardInterrupt:
-        raise SweepInterrupted(report) from None
+        raise SweepInterrupted(summary) from None
     finally:
         bar.close()
-    return report
+    return summary
