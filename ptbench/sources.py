@@ -20,6 +20,7 @@ model). Both follow the same rule, stated once here:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -34,10 +35,15 @@ PLUGIN_PACKAGES = ("ptbench.tasks", "ptbench.strategies", "ptbench.reports")
 
 
 def module_file(name: str) -> Path | None:
+    """The source file of a module, imported or not (None for built-in or compiled ones)."""
     module = sys.modules.get(name)
     try:
-        path = inspect.getsourcefile(module) if module is not None else None
-    except TypeError:  # built-in or compiled module: no source to hash
+        if module is not None:
+            path = inspect.getsourcefile(module)
+        else:
+            spec = importlib.util.find_spec(name)
+            path = spec.origin if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+    except (TypeError, ImportError, ValueError):  # built-in, compiled, or not importable
         return None
     return Path(path).resolve() if path else None
 

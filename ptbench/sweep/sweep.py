@@ -43,7 +43,7 @@ class SweepSummary:
     def summary(self) -> str:
         done = f"{self.ran} run(s) done"
         if self.changed:
-            done += f" ({self.changed} re-run because their plugin code changed since they were stored)"
+            done += f" ({self.changed} re-run because their plugin code changed or was never recorded)"
         parts = [done, f"{self.skipped} already stored"]
         parts += [f"{n} {status}" for status, n in sorted(self.statuses.items()) if status != "ok"]
         return ", ".join(parts)
