@@ -7,13 +7,18 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import time
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ptbench.tasks.images import datasets
 from ptbench.tasks.images.datasets import load_cifar, load_idx_dataset, load_image_folder, read_idx
 from ptbench.errors import PtbenchError
 
@@ -274,3 +279,310 @@ def test_cli_missing_data_is_one_line_and_exit_2(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "mnist/train-images-idx3-ubyte" in lines[0] and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- hostile files
+#
+# Each reader bounds its memory before it allocates: a small file that promises (or expands
+# to) gigabytes stops with one line naming it. The bombs are real files in the official
+# formats, made cheaply; the slow tests run the CLI in a subprocess and measure its peak RSS.
+
+GIB = 2**30
+
+
+def idx_header(dims: tuple[int, ...], ndim: int | None = None) -> bytes:
+    ndim = len(dims) if ndim is None else ndim
+    return bytes([0, 0, 0x08, ndim]) + b"".join(int(d).to_bytes(4, "big") for d in dims)
+
+
+def write_gzip_bomb(path: Path, dims: tuple[int, ...] = (60000, 28, 28), zeros: int = 3 * GIB // 2) -> Path:
+    """A valid IDX .gz whose header promises `dims`, followed by `zeros` bytes of zeros: a
+    header member and then one 16 MiB member of zeros repeated (a gzip file is a series of
+    members, RFC 1952), so ~1.5 GiB of data takes ~1.5 MB on disk and 0.1 s to make."""
+    chunk = 16 * 2**20
+    member = gzip.compress(bytes(chunk), compresslevel=9)
+    with path.open("wb") as f:
+        f.write(gzip.compress(idx_header(dims)))
+        for _ in range(zeros // chunk):
+            f.write(member)
+    return path
+
+
+def single_line_error(call) -> str:
+    with pytest.raises(PtbenchError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 600, message
+    return message
+
+
+def run_cli_measured(tmp_path: Path, *args: str) -> tuple[int, list[str], int]:
+    """`python -m ptbench ARGS` in a subprocess: (exit status, non-empty stderr lines, peak RSS
+    in bytes), the RSS measured by a wrapper process with getrusage(RUSAGE_CHILDREN)."""
+    resource = pytest.importorskip("resource")
+    del resource
+    rss_file = tmp_path / "maxrss"
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "rc = subprocess.run(sys.argv[2:]).returncode\n"
+        "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+        "sys.exit(rc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PTBENCH_DATA"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, str(rss_file), sys.executable, "-m", "ptbench", *args],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )
+    maxrss = int(rss_file.read_text()) * (1 if sys.platform == "darwin" else 1024)  # Linux: KiB
+    return proc.returncode, [line for line in proc.stderr.splitlines() if line.strip()], maxrss
+
+
+def cli_run(task: str, data: Path, store: Path) -> list[str]:
+    return ["run", "--task", task, "--strategy", "scratch", "--seeds", "1", "--data-dir", str(data),
+            "--store", str(store), "--no-leaderboard", "--quiet"]
+
+
+# IDX ------------------------------------------------------------------------------------
+
+
+def test_idx_gzip_bomb_stops_after_the_promised_bytes(tmp_path):
+    bomb = write_gzip_bomb(tmp_path / "train-images-idx3-ubyte.gz")
+    assert bomb.stat().st_size < 2 * 2**20
+    start = time.perf_counter()
+    message = single_line_error(lambda: read_idx(bomb))
+    assert time.perf_counter() - start < 2.0
+    assert "train-images-idx3-ubyte.gz" in message and "trailing data" in message and "47040000" in message
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dims", [(65536, 65536, 65536, 65536), (2**32 - 1,) * 4, (60000, 28, 28, 4096)])
+def test_idx_header_promising_too_much_is_refused_before_reading(tmp_path, gz, dims):
+    # (65536,)*4 multiplies to 2**64: as int64 (numpy's product) it wraps to 0
+    path = tmp_path / ("x-idx4-ubyte" + (".gz" if gz else ""))
+    raw = idx_header(dims) + bytes(16)
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    message = single_line_error(lambda: read_idx(path))
+    assert path.name in message and f"more than the {2**31}" in message
+
+
+@pytest.mark.parametrize("ndim", [0, 5, 255])
+def test_idx_header_with_odd_dimension_count_is_refused(tmp_path, ndim):
+    path = tmp_path / "x-idx-ubyte"
+    path.write_bytes(idx_header((2,) * min(ndim, 8), ndim=ndim) + bytes(64))
+    message = single_line_error(lambda: read_idx(path))
+    assert "x-idx-ubyte" in message and f"{ndim} dimensions" in message
+
+
+def test_idx_trailing_and_missing_data_plain_and_gz(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    raw = idx_header(array.shape) + array.tobytes()
+    for name, content, expected in [
+        ("long-idx3-ubyte", raw + b"\0", "holds 25 bytes of data, its header promises 24"),
+        ("short-idx3-ubyte", raw[:-1], "holds 23 bytes of data, its header promises 24"),
+        ("header-idx3-ubyte", raw[:9], "truncated IDX header"),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        (tmp_path / (name + ".gz")).write_bytes(gzip.compress(content))
+        assert expected in single_line_error(lambda: read_idx(tmp_path / name))
+    assert "trailing data" in single_line_error(lambda: read_idx(tmp_path / "long-idx3-ubyte.gz"))
+    assert "holds 23 bytes" in single_line_error(lambda: read_idx(tmp_path / "short-idx3-ubyte.gz"))
+    assert "truncated IDX header" in single_line_error(lambda: read_idx(tmp_path / "header-idx3-ubyte.gz"))
+
+
+def test_idx_corrupt_gzip_streams_are_one_line(tmp_path):
+    array = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    good = write_idx(tmp_path / "good-idx3-ubyte", array, gz=True).read_bytes()
+    cases = {
+        "deflate.gz": good[:20] + bytes(b ^ 0xFF for b in good[20:60]) + good[60:],  # zlib.error
+        "crc.gz": good[:-8] + bytes(b ^ 0xFF for b in good[-8:-4]) + good[-4:],  # CRC check failed
+        "cut.gz": good[: len(good) // 2],  # EOFError: ended before the end-of-stream marker
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        message = single_line_error(lambda: read_idx(tmp_path / name))
+        assert name in message, message
+
+
+@pytest.mark.slow
+def test_cli_on_an_idx_gzip_bomb_is_one_line_exit_2_and_bounded_memory(tmp_path):
+    folder = tmp_path / "data" / "mnist"
+    write_mnist(folder)
+    (folder / "train-images-idx3-ubyte").unlink()
+    write_gzip_bomb(folder / "train-images-idx3-ubyte.gz")  # inflates to 1.5 GiB
+    start = time.perf_counter()
+    code, lines, maxrss = run_cli_measured(tmp_path, *cli_run("mnist", tmp_path / "data", tmp_path / "r.db"))
+    assert code == 2 and len(lines) == 1, lines
+    assert "train-images-idx3-ubyte.gz" in lines[0] and "trailing data" in lines[0]
+    assert maxrss < GIB, f"peak RSS {maxrss / 2**20:.0f} MiB"
+    assert time.perf_counter() - start < 60
+
+
+# CIFAR ----------------------------------------------------------------------------------
+
+
+def laughs(depth: int, leaf=0, kind=list):
+    """Nested shared containers: `depth` levels of pairs of the same object, 2**depth leaves
+    but only `depth` distinct objects, so the pickle is a few hundred bytes."""
+    node = kind([leaf, leaf])
+    for _ in range(depth - 1):
+        node = kind([node, node])
+    return node
+
+
+def write_cifar10_with(data_env: Path, name: str, obj) -> Path:
+    folder = write_cifar10(data_env, per_batch=2)
+    raw = official_pickle(obj)
+    (folder / name).write_bytes(raw)
+    return folder / name
+
+
+@pytest.mark.parametrize("where", ["data", "labels", "tuple-labels", "names"])
+def test_cifar_billion_laughs_pickle_is_refused_before_expanding(data_env, where):
+    bomb = laughs(30, kind=tuple if where == "tuple-labels" else list)  # 2**30 leaves
+    good = {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1]}
+    if where == "data":
+        path = write_cifar10_with(data_env, "data_batch_1", {**good, b"data": bomb})
+    elif where == "names":
+        path = write_cifar10_with(data_env, "batches.meta", {b"label_names": [bomb] * 10})
+    else:
+        path = write_cifar10_with(data_env, "data_batch_1", {**good, b"labels": bomb})
+    # the bomb itself is ~200 bytes; the labels' file also holds two real rows of data
+    assert path.stat().st_size < (600 if where in ("data", "names") else 7000)
+    start = time.perf_counter()
+    message = single_line_error(lambda: load_cifar("cifar10"))
+    assert time.perf_counter() - start < 2.0
+    assert str(path) in message
+    assert {"data": "'data' should be", "names": "class names"}.get(where, "'labels' should hold") in message
+
+
+def tuple_key_bomb(depth: int) -> bytes:
+    """A protocol-2 pickle of {t: 1} where t is `depth` levels of (t', t'), written opcode by
+    opcode (building the dict here would hash t, as unpickling it does: 2**depth steps)."""
+    ops = [pickle.PROTO + b"\x02", pickle.EMPTY_DICT, pickle.NONE, pickle.NONE, pickle.TUPLE2, pickle.BINPUT + b"\x00", pickle.POP]
+    for level in range(depth):
+        get = pickle.BINGET + bytes([level])
+        ops += [get, get, pickle.TUPLE2, pickle.BINPUT + bytes([level + 1]), pickle.POP]
+    ops += [pickle.BINGET + bytes([depth]), pickle.BININT1 + b"\x01", pickle.SETITEM, pickle.STOP]
+    return b"".join(ops)
+
+
+def test_cifar_tuple_key_hash_bomb_is_refused(data_env):
+    # hashing 2**40 shared tuples would take hours; a key that is not a plain value is refused
+    folder = write_cifar10(data_env, per_batch=2)
+    path = folder / "batches.meta"
+    path.write_bytes(tuple_key_bomb(40))
+    assert path.stat().st_size < 400
+    message = single_line_error(lambda: load_cifar("cifar10"))
+    assert "batches.meta" in message and "refusing a dict key of type tuple" in message
+
+
+class _Call:
+    """Pickles as a call of `func(*args)`: how a hostile pickle names a global to call."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("value, expected", [
+    (_Call(np.ndarray, (100000, 3072), "u1"), "refusing to call numpy.ndarray"),  # 300 MB, uninitialised
+    (_Call(__import__("codecs").encode, b"abc" * 20, "hex"), "_codecs.encode other than to latin1"),  # doubles per call
+    (_Call(np.dtype, "O", False, True), "numpy dtype object"),
+    (_Call(np.dtype, "u1,u1", False, True), "numpy dtype"),
+    ({1, 2}, "pickle opcode EMPTY_SET"),  # protocol 4 writes sets as opcodes
+], ids=["ndarray-call", "hex-codec", "object-dtype", "structured-dtype", "set"])
+def test_cifar_unpickler_bounds_what_its_globals_do(data_env, value, expected):
+    batch = {b"data": value, b"labels": [0]}
+    path = write_cifar10(data_env, per_batch=2) / "data_batch_1"
+    path.write_bytes(pickle.dumps(batch, protocol=4) if isinstance(value, set) else official_pickle(batch))
+    message = single_line_error(lambda: load_cifar("cifar10"))
+    assert "data_batch_1" in message and expected in message
+
+
+def test_cifar_reconstruct_only_as_numpy_writes_it(data_env):
+    # numpy's own pickles call _reconstruct(ndarray, (0,), b'b'); a larger shape allocates
+    from numpy._core.multiarray import _reconstruct
+
+    write_cifar10_with(data_env, "data_batch_1", {b"data": _Call(_reconstruct, np.ndarray, (50000, 3072), b"b"), b"labels": [0]})
+    assert "_reconstruct arguments" in single_line_error(lambda: load_cifar("cifar10"))
+
+
+def test_cifar_batch_larger_than_any_official_one_is_refused_unread(data_env):
+    folder = write_cifar10(data_env, per_batch=2)
+    with (folder / "data_batch_2").open("r+b") as f:
+        f.truncate(datasets.CIFAR_MAX_BYTES + 1)  # sparse: costs no disk
+    message = single_line_error(lambda: load_cifar("cifar10"))
+    assert "data_batch_2" in message and "more than any CIFAR python batch" in message
+
+
+def test_cifar_data_as_bytes_and_label_arrays(data_env):
+    rows = np.random.default_rng(1).integers(0, 256, (3, 3072), dtype=np.uint8)
+    folder = write_cifar10(data_env, per_batch=2)
+    (folder / "data_batch_1").write_bytes(official_pickle({b"data": rows.tobytes(), b"labels": [1, 2, 3]}))
+    (folder / "data_batch_2").write_bytes(official_pickle({b"data": rows, b"labels": np.array([4, 5, 6], dtype=np.uint8)}))
+    pool = load_cifar("cifar10")
+    assert pool.x.shape == (3 + 3 + 3 * 2, 3, 32, 32)
+    assert np.array_equal(pool.x[0].reshape(-1), rows[0]) and pool.y[:6].tolist() == [1, 2, 3, 4, 5, 6]
+    for data, labels in [
+        (rows.tobytes()[:-1], [1, 2, 3]),  # bytes one short
+        (rows, [1, 2]),  # one label missing
+        (rows, [1, 2, 10]),  # out of range
+        (rows, [1, 2, 3.0]),  # not an int
+        (rows, [1, 2, True]),
+        (rows, [1, 2, [3]]),  # nested
+        (rows, np.array([1, 2, 3], dtype=np.float32)),
+        (rows, b"\x01\x02\x03"),
+        (rows.astype(np.int64), [1, 2, 3]),
+    ]:
+        (folder / "data_batch_1").write_bytes(official_pickle({b"data": data, b"labels": labels}))
+        assert "data_batch_1" in single_line_error(lambda: load_cifar("cifar10"))
+
+
+@pytest.mark.slow
+def test_cli_on_cifar_pickle_bombs_is_one_line_exit_2_and_bounded_memory(tmp_path):
+    data = tmp_path / "data"
+    folder = write_cifar10(data, per_batch=2)
+    # 2**34 leaves in ~250 bytes: np.asarray would want 128 GiB
+    (folder / "data_batch_1").write_bytes(official_pickle({b"data": laughs(34), b"labels": laughs(34)}))
+    code, lines, maxrss = run_cli_measured(tmp_path, *cli_run("cifar10", data, tmp_path / "r.db"))
+    assert code == 2 and len(lines) == 1, lines
+    assert "data_batch_1" in lines[0] and maxrss < GIB
+
+
+# image folders --------------------------------------------------------------------------
+
+
+def write_png_claiming(path: Path, width: int, height: int) -> Path:
+    """A ~70-byte PNG whose IHDR claims width x height (a 1x1 image with its header patched
+    and the chunk's CRC recomputed): PIL reads the header, the pixels are never there."""
+    from PIL import Image
+
+    Image.new("RGB", (1, 1)).save(path)
+    raw = bytearray(path.read_bytes())
+    assert raw[12:16] == b"IHDR"
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("width, height, expected", [
+    (20000, 20000, "too large to read"),  # 400 megapixels: PIL's DecompressionBombError
+    (10000, 10000, "too large to read"),  # 100 megapixels: PIL's DecompressionBombWarning, an error here
+    (8200, 8200, "is 8200x8200 pixels"),  # under PIL's limit, over the 8192 x 8192 read here
+])
+def test_image_folder_refuses_huge_images_by_their_header(data_env, width, height, expected):
+    from PIL import Image
+
+    write_image_folder(data_env / "images", {"cats": 2, "dogs": 2})
+    huge = write_png_claiming(data_env / "images" / "dogs" / "huge.png", width, height)
+    assert huge.stat().st_size < 200
+    limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+    start = time.perf_counter()
+    message = single_line_error(lambda: load_image_folder("images", 8, 3))
+    assert time.perf_counter() - start < 2.0
+    assert str(huge) in message and expected in message
+    assert Image.MAX_IMAGE_PIXELS == limit and warnings.filters == filters  # nothing changed for the process
