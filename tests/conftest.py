@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
+from pathlib import Path
 import torch
 
 from ptbench.registry import Registry, default_registry
@@ -131,3 +132,13 @@ def make_result(task: str = "toy", strategy: str = "scratch", seed: int = 0, **f
 @pytest.fixture(scope="session")
 def result() -> Callable[..., Any]:
     return make_result
+
+
+def pytest_collection_modifyitems(config, items):
+    """tests/integration/ (subprocesses, dask, a browser) and any test that starts a real
+    ptbench process (the `cli_subprocess` fixture) are `slow`: `pytest -m "not slow"` is the
+    fast loop, `pytest` runs everything."""
+    integration = Path(__file__).parent / "integration"
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(integration) or "cli_subprocess" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -24,7 +24,7 @@ import ptbench
 from ptbench.api import RunResult
 from ptbench.results.store import Store, provenance
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 #: Plugins with the faults a sweep must survive. `broken` fails while a file named "broken"
 #: sits next to the plugin (a bug the user then fixes); `explode` trains with a term that

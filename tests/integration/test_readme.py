@@ -1,0 +1,51 @@
+"""The README's Quick start and every command of its "Using it" block, run as written, in
+order, in a fresh folder (real processes, a real quick suite): each must exit 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _block_after(heading: str) -> list[str]:
+    text = README.read_text()
+    section = text.split(heading, 1)[1]
+    block = section.split("```", 2)[1]
+    commands, current = [], ""
+    for line in block.splitlines():
+        line = re.sub(r"\s+#\s.*$", "", line).rstrip()
+        if not line.strip():
+            continue
+        current += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            commands.append(current.strip())
+            current = ""
+    return commands
+
+
+def _ptbench(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "ptbench"], command
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *argv[1:]], cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
+
+
+def test_the_quick_start_then_every_using_it_command_exits_0(tmp_path):
+    quick_start = [c.split("&&", 1)[1].strip() for c in _block_after("## Quick start") if "python -m ptbench" in c]
+    assert quick_start == ["python -m ptbench run"]
+    first = _ptbench(quick_start[0], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "results" / "quick.db").is_file() and (tmp_path / "leaderboard" / "quick" / "README.md").is_file()
+    using = _block_after("## Using it")
+    assert len(using) >= 8
+    for command in using:
+        done = _ptbench(command, tmp_path)
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+    again = _ptbench("python -m ptbench run", tmp_path)
+    assert again.returncode == 0 and "0 run(s) done" in again.stderr and "unchanged, same results" in again.stderr
