@@ -25,14 +25,16 @@ Two stores (before and after a change, CPU against GPU): runs are paired by task
 and seed (instance names, as the leaderboard prints them); one table per task, one row per
 strategy, B minus A. --strategy / --task narrow what is shown.
 
-Two strategies in one store: runs are paired by task and seed; one row per task, the second
-strategy minus the first. Each SPEC must pick one strategy variant per task.
+Two strategies in one store (default results/quick.db): runs are paired by task and seed;
+one row per task, the second strategy minus the first. Each SPEC must pick one strategy
+variant per task (a parameter it leaves out takes its default). Two stores: give --store
+twice, e.g. `--store before.db --store after.db`, or `--metric target_seconds` for CPU
+against GPU.
 
-examples:
-  python -m ptbench compare --store before.db --store after.db
-  python -m ptbench compare --store cpu.db --store gpu.db --metric target_seconds
-  python -m ptbench compare --strategy scratch --strategy 'partial-filters[fraction=0.5,freeze=false]'
-  python -m ptbench compare --store a.db --store b.db --out compare.md
+examples (on the store the quick suite leaves):
+  python -m ptbench compare --strategy full --strategy 'partial-filters[fraction=0.5]'
+  python -m ptbench compare --strategy scratch --strategy 'full[freeze=True]' --metric target_seconds
+  python -m ptbench compare --strategy full --strategy l2-sp --task digits-split --out results/compare.md
 """
 
 METRICS = {

@@ -10,6 +10,14 @@ from ptbench.cli._common import add_store
 
 NAME = "export"
 HELP = "export every stored run as csv, json or parquet"
+DESCRIPTION = """\
+One row per stored run (diagnostics as one JSON column), from --store (default
+results/quick.db, the store the Quick start leaves).
+
+examples:
+  python -m ptbench export --format csv --out results/runs.csv
+  python -m ptbench export --format json --store results/quick.db --out results/runs.json
+"""
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -27,8 +27,8 @@ that opens from file:// with no network (needs ptbench[html]: Jinja2 and plotly)
 
 examples:
   python -m ptbench leaderboard --suite quick
-  python -m ptbench leaderboard --suite quick --format html --out site
-  python -m ptbench leaderboard --store results/adhoc.db
+  python -m ptbench leaderboard --suite quick --format html --out results/site
+  python -m ptbench leaderboard --store results/quick.db --out results/everything
 """
 
 

@@ -19,7 +19,7 @@ Write the pages a suite's `report` key names, from the runs of that suite alread
 store (`python -m ptbench run --suite NAME` writes them too, after running).
 
 examples:
-  python -m ptbench report --suite paper          # results/paper.db -> leaderboard/paper/
+  python -m ptbench report --suite paper          # after run --suite paper: results/paper.db -> leaderboard/paper/
 """
 
 

@@ -45,8 +45,9 @@ or provenance do.
 
 examples:
   python -m ptbench run                                  # the quick suite
-  python -m ptbench run --suite paper
+  python -m ptbench run --suite smoke                    # one tiny task, two strategies
   python -m ptbench run --task 'signal-noise[d=500]' --strategy scratch --strategy full
+  python -m ptbench run --suite paper                    # 1640 runs: a few minutes
 """
 
 

@@ -49,9 +49,9 @@ Without --add nothing is changed.
 exit status: 0 every check passed (and, with --add, every run ended ok); 1 a check failed;
 2 FILE cannot be read or imported.
 
-examples:
-  python -m ptbench submit my_strategy.py
-  python -m ptbench submit my_strategy.py --add
+usage, with a file of your own (CONTRIBUTING.md's worked example is one):
+  python -m ptbench submit largest_filters.py
+  python -m ptbench submit largest_filters.py --add
 """
 
 

@@ -49,3 +49,24 @@ def test_the_quick_start_then_every_using_it_command_exits_0(tmp_path):
         assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
     again = _ptbench("python -m ptbench run", tmp_path)
     assert again.returncode == 0 and "0 run(s) done" in again.stderr and "unchanged, same results" in again.stderr
+    # every example in every command's --help, on the same store (the paper suite's take
+    # minutes and a store of their own: the paper suite's own test runs that suite)
+    for command in _help_examples(tmp_path):
+        if "--suite paper" in command:
+            continue
+        done = _ptbench(command, tmp_path)
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+
+
+def _help_examples(cwd: Path) -> list[str]:
+    from ptbench.cli import ORDER
+
+    examples = []
+    for name in ORDER + ["report"]:
+        text = _ptbench(f"python -m ptbench {name} --help", cwd).stdout
+        if "examples" not in text:
+            continue
+        block = text.split("examples", 1)[1].split("\n\n", 1)[0]
+        examples += [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines() if line.strip().startswith("python -m ptbench")]
+    assert len(examples) >= 10
+    return examples
