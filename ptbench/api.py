@@ -769,6 +769,7 @@ class RunResult:
     #: Digest of the task's and strategy's plugin code (ptbench.sources.plugin_hash), set
     #: when the sweep stores the run.
     plugin_hash: str | None = None
+    donor_digest: str | None = None
 
     @classmethod
     def for_spec(cls, spec: RunSpec, **fields: Any) -> "RunResult":

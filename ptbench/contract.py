@@ -29,14 +29,14 @@ from typing import Callable, Iterator
 
 import torch
 
-from .api import RunSpec, Strategy, Task, TrainBudget, TransferModel, TransferPlan
+from .api import Diverged, RunSpec, Strategy, Task, TrainBudget, TransferModel, TransferPlan
 from .errors import PtbenchError
 from .spec import parse_spec
 from .registry import Registry
 from .rng import RandomStreams
 from .run import protocol
 from .run.group import DONORS
-from .run.training import _optimizer, loss_fn
+from .run.training import _optimizer, loss_fn, train
 
 
 class CheckFailed(AssertionError):
@@ -143,8 +143,10 @@ def check_param_grid(cls: type, env: CheckEnv) -> str:
 
 def check_plan_shapes(cls: type, env: CheckEnv) -> str:
     """For every registered task's models, every plan (a) is a TransferPlan with boolean masks
-    of its parameters' shapes, (b) copies only parameters the donor has with the same shape,
-    (c) applies, and (d) keeps notes that can be stored (JSON)."""
+    of its parameters' shapes, and value rules and learning-rate scales whose tensors fit
+    their parameters (one number, one per filter or one per entry), (b) copies (or reads
+    through a rule) only parameters the donor has with the same shape, (c) applies, and (d)
+    keeps notes that can be stored (JSON)."""
     checked, skipped = [], []
     instances = _instances(cls, env)
     for task in _tasks(env):
@@ -158,13 +160,16 @@ def check_plan_shapes(cls: type, env: CheckEnv) -> str:
             if not isinstance(plan, TransferPlan):
                 raise CheckFailed(f"{where}: plan returned {type(plan).__name__}, not a TransferPlan")
             try:
-                plan.check_against(target)
+                plan.check_shapes(target)
             except ValueError as err:
                 raise CheckFailed(f"{where}: {err}") from None
             donor_shapes = {n: p.shape for n, p in donor.named_parameters()}
             for name, mask in plan.copy.items():
                 if bool(mask.any()) and donor_shapes.get(name) != target.get_parameter(name).shape:
                     raise CheckFailed(f"{where}: copies {name!r}, which the donor model lacks or has in another shape")
+            for name, rule in plan.init.items():
+                if bool((rule.donor != 0).any()) and donor_shapes.get(name) != target.get_parameter(name).shape:
+                    raise CheckFailed(f"{where}: the value rule of {name!r} reads the donor's {name!r}, which the donor model lacks or has in another shape")
             plan.apply(donor, copy.deepcopy(target))
             try:
                 json.dumps(plan.notes)
@@ -248,6 +253,119 @@ def check_finished_run(cls: type, env: CheckEnv) -> str:
         f"{strategy.instance_name} on {task.instance_name} finished ok in {row['target_seconds']:.2f}s "
         f"(limit {env.timeout:g}s), target accuracy {row['target_acc']:.3f}"
     )
+
+
+def check_value_rule(cls: type, env: CheckEnv) -> str:
+    """Value rules (`plan.init`) (a) are finite, with orthonormal `remove` rows, and read the
+    donor only in entries the parameter's `copy` mask declares (`TransferPlan.check_value_rules`);
+    (b) do so when applied: the target a plan starts is the same when the donor's undeclared
+    entries hold other values; and (c) smuggle no donor values past the rule: the part of a
+    start that does not go through the rule's `donor` coefficient (fresh * F + offset) does not
+    reproduce a donor filter (equal up to scale). Chosen for strategies whose plans have
+    value rules."""
+    checked, rules = [], 0
+    for task in _tasks(env):
+        for strategy in _instances(cls, env):
+            try:
+                plan, donor, target = _plan_for(strategy, task, env, env.seed)
+            except NotApplicable:
+                break
+            if not isinstance(plan, TransferPlan) or not plan.init:
+                continue
+            where = f"{strategy.instance_name} on {task.instance_name}"
+            rules += len(plan.init)
+            try:
+                plan.check_shapes(target)
+                plan.check_value_rules(target)
+            except ValueError as err:
+                raise CheckFailed(f"{where}: {err}") from None
+            name = _reads_undeclared(plan, donor, target)
+            if name:
+                raise CheckFailed(
+                    f"{where}: the start of {name!r} changes when the donor's undeclared entries change: the plan reads the donor "
+                    "outside the entries plan.copy declares; declare them in plan.copy"
+                )
+            smuggled = _smuggled(plan, donor, target)
+            if smuggled:
+                raise CheckFailed(
+                    f"{where}: the value rule of {smuggled} reproduces the donor's values outside its donor coefficient "
+                    "(its fresh or offset term equals a donor filter up to scale); let donor values in only through the rule's "
+                    "`donor` coefficient, on entries declared in plan.copy"
+                )
+        else:
+            checked.append(task.instance_name)
+    if not checked:
+        raise NotApplicable("no task to plan on")
+    return f"{rules} value rule(s) finite, reading only declared donor entries and carrying no donor values, on {len(checked)} task(s)"
+
+
+def check_lr_scale(cls: type, env: CheckEnv) -> str:
+    """Learning-rate scales (`plan.lr_scale`) are finite and non-negative (0 freezes an
+    entry; a negative scale would climb the loss, a non-finite one destroy the weights).
+    Chosen for strategies whose plans scale learning rates."""
+    checked, scales = [], 0
+    for task in _tasks(env):
+        for strategy in _instances(cls, env):
+            try:
+                plan = _plan_for(strategy, task, env, env.seed)[0]
+            except NotApplicable:
+                break
+            if not isinstance(plan, TransferPlan):
+                continue
+            scales += len(plan.lr_scale)
+            try:
+                plan.check_lr_scales()
+            except ValueError as err:
+                raise CheckFailed(f"{strategy.instance_name} on {task.instance_name}: {err}") from None
+        else:
+            checked.append(task.instance_name)
+    if not checked:
+        raise NotApplicable("no task to plan on")
+    return f"{scales} learning-rate scale(s) finite and non-negative on {len(checked)} task(s)"
+
+
+REGULARIZER_STEPS = 3
+
+
+def check_regularizer(cls: type, env: CheckEnv) -> str:
+    """The strategy's regularisers (`regularizer`, `batch_regularizer`) return None or a
+    finite scalar tensor, and leave the donor model (parameters and buffers) and the reference
+    parameters they are handed as they were: a few training steps through the harness's own
+    loop, with the hooks, on every task the strategy plans on. Chosen for strategies that
+    override a regulariser hook."""
+    checked = []
+    for task in _tasks(env):
+        for strategy in _instances(cls, env):
+            try:
+                plan, donor, target = _plan_for(strategy, task, env, env.seed)
+                data = _target_data(task, env, env.seed)
+            except NotApplicable:
+                break
+            where = f"{strategy.instance_name} on {task.instance_name}"
+            model = copy.deepcopy(target)
+            plan.apply(donor, model)
+            reference = protocol.snapshot(donor)
+            before = {**protocol.snapshot(donor), **{f"buffer {n}": b.clone() for n, b in donor.named_buffers()}}
+            kept = {n: t.clone() for n, t in reference.items()}
+            budget = dataclasses.replace(task.budget("target"), steps=REGULARIZER_STEPS)
+            try:
+                train(model, data.train, budget, RandomStreams(env.seed).torch("target-batches"), plan, strategy, reference, donor=donor)
+            except ValueError as err:
+                raise CheckFailed(f"{where}: {err}") from None
+            except Diverged as err:
+                raise CheckFailed(f"{where}: training with its regulariser diverged within {REGULARIZER_STEPS} steps ({err}); a regulariser must return a finite scalar") from None
+            after = {**protocol.snapshot(donor), **{f"buffer {n}": b for n, b in donor.named_buffers()}}
+            changed = [n for n in before if not torch.equal(before[n], after[n])]
+            if changed:
+                raise CheckFailed(f"{where}: its regulariser modified the donor model's {changed[0]!r} while training; regularisers must only read the donor")
+            changed = [n for n in kept if not torch.equal(kept[n], reference[n])]
+            if changed:
+                raise CheckFailed(f"{where}: its regulariser modified the donor's reference parameter {changed[0]!r} in place; regularisers must only read it")
+        else:
+            checked.append(task.instance_name)
+    if not checked:
+        raise NotApplicable("no task to train on")
+    return f"regulariser(s) return scalars and leave the donor as it was, {REGULARIZER_STEPS} steps on {len(checked)} task(s)"
 
 
 # --------------------------------------------------------------------------- tasks
@@ -343,19 +461,69 @@ STRATEGY_CHECKS: list[Check] = [
     check_name,
     check_param_grid,
     check_plan_shapes,
+    check_value_rule,
+    check_lr_scale,
     check_source_unmodified,
     check_plan_deterministic,
+    check_regularizer,
     check_finished_run,
 ]
 TASK_CHECKS: list[Check] = [check_name, check_param_grid, check_task_models, check_task_deterministic, check_task_budget]
 
 
+def _overrides_a_regularizer(cls: type) -> bool:
+    return cls.regularizer is not Strategy.regularizer or cls.batch_regularizer is not Strategy.batch_regularizer
+
+
+#: Checks chosen by capability (as scikit-learn's estimator checks are): run only on the
+#: strategies that use the surface they check. The others run on every strategy.
+CAPABILITY: dict[Check, Callable[[type], bool]] = {
+    check_value_rule: lambda cls: "init" in plan_surfaces(cls),
+    check_lr_scale: lambda cls: "lr_scale" in plan_surfaces(cls),
+    check_regularizer: _overrides_a_regularizer,
+}
+
+
 def checks_for(cls: type) -> list[Check]:
+    """The checks that apply to a plugin class: every task check; every strategy check but
+    those chosen by capability (`CAPABILITY`) that the strategy does not use."""
     if issubclass(cls, Strategy):
-        return STRATEGY_CHECKS
+        return [check for check in STRATEGY_CHECKS if check not in CAPABILITY or CAPABILITY[check](cls)]
     if issubclass(cls, Task):
         return TASK_CHECKS
     raise TypeError(f"{cls!r} is neither a Task nor a Strategy")
+
+
+_SURFACES: dict[type, frozenset[str]] = {}
+_PROBE_ENV: list[CheckEnv] = []
+
+
+def plan_surfaces(cls: type) -> frozenset[str]:
+    """Which optional plan fields ("init", "lr_scale") the strategy's plans use: its grid
+    instances (up to CheckEnv.max_instances) planned on the first registered task they plan
+    on. A strategy whose planning fails here is assumed to use both (the checks then say
+    what fails)."""
+    if cls not in _SURFACES:
+        if not _PROBE_ENV:
+            from .registry import default_registry
+
+            _PROBE_ENV.append(CheckEnv(default_registry()))
+        env = _PROBE_ENV[0]
+        found: set[str] = set()
+        try:
+            instances = _instances(cls, env)
+            for task in _tasks(env):
+                try:
+                    plans = [_plan_for(strategy, task, env, env.seed)[0] for strategy in instances]
+                except NotApplicable:
+                    continue
+                for plan in plans:
+                    found |= {kind for kind in ("init", "lr_scale") if getattr(plan, kind, None)}
+                break
+        except Exception:
+            found = {"init", "lr_scale"}
+        _SURFACES[cls] = frozenset(found)
+    return _SURFACES[cls]
 
 
 def check_name_of(check: Check) -> str:
@@ -420,7 +588,7 @@ def _model(task: Task, role: str, generator: torch.Generator) -> TransferModel:
 
 
 def _uses_data(strategy: Strategy) -> bool:
-    return type(strategy).plan_with_data is not Strategy.plan_with_data
+    return type(strategy).plan_with_data is not Strategy.plan_with_data or bool(strategy.needs_extras)
 
 
 def _target_data(task: Task, env: CheckEnv, seed: int):
@@ -451,6 +619,8 @@ def _plan_for(strategy: Strategy, task: Task, env: CheckEnv, seed: int, snapshot
     try:
         plan = protocol.make_plan(strategy, donor, target, streams, context)
     except protocol.PlanError as err:
+        if err.kind == "extras":  # the task lacks what the strategy needs: not checkable there
+            raise NotApplicable(str(err)) from None
         # A model changed while planning is source_unmodified's finding (the caller that
         # asks for snapshots); the other checks go on with the plan, each naming its step.
         if err.plan is None or (snapshot and err.kind in ("donor", "target")):
@@ -460,13 +630,77 @@ def _plan_for(strategy: Strategy, task: Task, env: CheckEnv, seed: int, snapshot
 
 
 def _plan_difference(a: TransferPlan, b: TransferPlan) -> str:
-    for kind in ("copy", "freeze"):
+    for kind in ("copy", "freeze", "lr_scale"):
         ma, mb = getattr(a, kind), getattr(b, kind)
         if set(ma) != set(mb):
             return f"{kind} masks name different parameters: {sorted(set(ma) ^ set(mb))}"
         for name in ma:
             if not torch.equal(ma[name].cpu(), mb[name].cpu()):
-                return f"{kind} mask of {name!r}"
+                return f"{kind} of {name!r}" if kind == "lr_scale" else f"{kind} mask of {name!r}"
+    if set(a.init) != set(b.init):
+        return f"value rules name different parameters: {sorted(set(a.init) ^ set(b.init))}"
+    for name, rule in a.init.items():
+        ta, tb = rule.tensors(), b.init[name].tensors()
+        if set(ta) != set(tb) or any(not torch.equal(ta[k].cpu(), tb[k].cpu()) for k in ta):
+            return f"value rule of {name!r}"
     if a.notes != b.notes:
         return "notes"
+    return ""
+
+
+def _reads_undeclared(plan: TransferPlan, donor: torch.nn.Module, target: torch.nn.Module) -> str:
+    """The first parameter whose planned start changes when the donor's entries that the plan
+    does not declare (`copy`) are given other values ("" when none does)."""
+    other = copy.deepcopy(donor)
+    generator = torch.Generator().manual_seed(20190101)
+    with torch.no_grad():
+        for name, param in other.named_parameters():
+            noise = 1.0 + torch.randn(param.shape, generator=generator, dtype=param.dtype).to(param.device)
+            declared = plan.copy.get(name)
+            if declared is None or declared.shape != param.shape:  # no entry of it declared
+                changed = param + noise
+            else:
+                changed = torch.where(declared.to(param.device), param, param + noise)
+            param.copy_(changed)
+    first, second = copy.deepcopy(target), copy.deepcopy(target)
+    plan.apply(donor, first)
+    plan.apply(other, second)
+    for (name, p), q in zip(first.named_parameters(), second.parameters()):
+        if not torch.equal(p, q):
+            return name
+    return ""
+
+
+def _filter_dims(target: torch.nn.Module, name: str) -> int:
+    for layer in target.transfer_layers():
+        if name in layer.params:
+            return len(layer.filter_shape)
+    return 0
+
+
+def _smuggled(plan: TransferPlan, donor: torch.nn.Module, target: torch.nn.Module) -> str:
+    """'W' (filter 3) when a rule's non-donor part (fresh * F + offset) equals a donor filter
+    up to scale ("" when none does). Rows shorter than 4 entries are compared as one vector
+    over the whole parameter (a bias alone is one number per filter)."""
+    donor_params = dict(donor.named_parameters())
+    for name, rule in plan.init.items():
+        if name not in donor_params:
+            continue
+        fresh = target.get_parameter(name).detach()
+        D = donor_params[name].detach()
+        if D.shape != fresh.shape:
+            continue
+        part = dataclasses.replace(rule, donor=torch.tensor(0.0), remove=None, matrix=None).value(None, fresh)
+        dims = _filter_dims(target, name)
+        rows = math.prod(D.shape[:dims]) if dims else 1
+        if D.numel() // max(rows, 1) < 4:
+            rows = 1
+        if D.numel() < 4:
+            continue
+        a, b = part.reshape(rows, -1).to(torch.float64), D.reshape(rows, -1).to(torch.float64)
+        na, nb = a.norm(dim=1), b.norm(dim=1)
+        cosine = (a * b).sum(dim=1).abs() / (na * nb).clamp_min(1e-300)
+        hit = (na > 0) & (nb > 0) & (cosine > 1 - 1e-6)
+        if bool(hit.any()):
+            return f"{name!r} (filter {int(torch.nonzero(hit)[0])})" if rows > 1 else repr(name)
     return ""

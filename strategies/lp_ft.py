@@ -28,11 +28,6 @@ from __future__ import annotations
 from ptbench.api import Strategy, TransferPlan
 
 
-def head_params(model) -> set[str]:
-    """Parameters of the layers the model marks as its head."""
-    return {p for layer in model.transfer_layers() if layer.head for p in layer.params}
-
-
 class LPFT(Strategy):
     """Train the fresh part (the head) with the inherited body frozen, then everything."""
 
@@ -47,7 +42,7 @@ class LPFT(Strategy):
 
     def plan(self, source, target, rng):
         plan = TransferPlan.filters(source, target, fraction=self.fraction, rng=rng)
-        for name in head_params(target):
+        for name in target.head_params():
             plan.copy.pop(name, None)
         return plan
 

@@ -16,11 +16,6 @@ from __future__ import annotations
 from ptbench.api import Strategy, TransferPlan
 
 
-def head_params(model) -> set[str]:
-    """Parameters of the layers the model marks as its head."""
-    return {p for layer in model.transfer_layers() if layer.head for p in layer.params}
-
-
 class ReinitHead(Strategy):
     """Copy every transferable layer except the head; the head starts fresh."""
 
@@ -30,7 +25,7 @@ class ReinitHead(Strategy):
     def plan(self, source, target, rng):
         plan = TransferPlan.full(source, target, freeze=self.freeze)
         # Drop the head whole: also the slices the layer before it copies into it (`follow`).
-        for name in head_params(target):
+        for name in target.head_params():
             plan.copy.pop(name, None)
             plan.freeze.pop(name, None)
         return plan

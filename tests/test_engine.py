@@ -257,3 +257,66 @@ def test_batched_sweep_on_cuda_equals_cpu(make_task):
     for key, result in on_gpu.items():
         assert result.status == on_cpu[key].status == "ok"
         assert abs(result.target_acc - on_cpu[key].target_acc) <= 0.01
+
+
+class ScaledFilters(Strategy):
+    """Copies every filter and trains each at its own learning rate (0: frozen, up to 2x)."""
+
+    name = "scaled-filters"
+
+    def plan(self, source, target, rng):
+        plan = TransferPlan.full(source, target)
+        plan.lr_scale["W"] = torch.linspace(0.0, 2.0, 2 * target.m).reshape(2, target.m)
+        return plan
+
+
+def test_engine_scales_whole_filters_like_the_per_run_path(make_task):
+    task = make_task()
+    specs = specs_for(task, [Scratch(), ScaledFilters(), Full()])
+    ours = batched(specs)
+    assert {r.path for r in ours.values()} == {"batched"}
+    assert_same_runs(ours, per_run(specs))
+    # the weights, in float64: the engine's scaled step is the per-run loop's
+    data = task.data("target", RandomStreams(3))
+    budget = task.budget("target")
+    split = PatchSplit(*(t.to(torch.float64) if t.is_floating_point() else t for t in (data.train.shared, data.train.own, data.train.index, data.train.coef, data.train.y)))
+    model = task.model("target", RandomStreams(3).torch("init")).to(torch.float64)
+    plan = ScaledFilters().plan(model, model, torch.Generator())
+    plan.lr_scale["W"] = plan.lr_scale["W"].to(torch.float64)
+    reference = copy.deepcopy(model)
+    train(reference, Split(split.x, split.y), budget, torch.Generator(), plan)
+    start = model.W.detach().clone()
+    assert TwoLayerCNNEngine().train([BatchJob(model, split, plan)], budget)[0].status == "ok"
+    scale = float(reference.W.detach().abs().max())
+    assert float((model.W - reference.W).detach().abs().max()) <= 1e-9 * scale
+    assert torch.equal(model.W.detach()[0, 0], start[0, 0])  # scale 0: bit for bit its start
+
+
+def test_engine_refuses_scales_that_differ_within_a_filter(make_task):
+    task = make_task()
+    model = task.model("target", torch.Generator())
+    budget = task.budget("target")
+    plan = TransferPlan(lr_scale={"W": torch.linspace(0.5, 1.5, model.d).expand(2, model.m, model.d).clone()})
+    assert "part of a filter" in TwoLayerCNNEngine().supports(model, budget, plan)
+    whole = TransferPlan(lr_scale={"W": torch.full((2, model.m), 0.5)})
+    assert TwoLayerCNNEngine().supports(model, budget, whole) is None
+
+
+class PartlyScaledFilters(Strategy):
+    """Trains the first half of every filter's entries at half the rate: not the engine's."""
+
+    name = "partly-scaled-filters"
+
+    def plan(self, source, target, rng):
+        plan = TransferPlan.full(source, target)
+        scale = torch.ones(2, target.m, target.d)
+        scale[..., : target.d // 2] = 0.5
+        plan.lr_scale["W"] = scale
+        return plan
+
+
+def test_a_run_whose_scales_differ_within_a_filter_goes_per_run(make_task):
+    specs = specs_for(make_task(), [Scratch(), PartlyScaledFilters()], seeds=(0,))
+    results = batched(specs)
+    assert {r.strategy: r.path for r in results.values()} == {"scratch": "batched", "partly-scaled-filters": "per-run"}
+    assert_same_runs(results, per_run(specs))

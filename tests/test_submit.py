@@ -184,3 +184,63 @@ def test_add_refuses_to_overwrite_another_file_before_checking(cli, tmp_path):
     result = cli("submit", str(path), "--add", "--into", str(into))
     assert result.code == 2 and "already exists with other contents" in result.err
     assert (into / "largest_filters.py").read_text() == "# someone else's strategy\n"
+
+
+def guide_block(cls: str) -> str:
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    return next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if f"class {cls}" in b)
+
+
+NEW_SURFACES_BAD = '''
+import torch
+from ptbench.api import Strategy, TransferPlan, ValueRule
+
+
+class ReadsOutside(Strategy):
+    """Declares half the filters and reads the donor everywhere."""
+    name = "reads-outside"
+
+    def plan(self, source, target, rng):
+        plan = TransferPlan.filters(source, target, 0.5, rng=rng)
+        for name in plan.copy:
+            plan.init[name] = ValueRule.mix(0.5, 0.5)
+        return plan
+
+
+class NegativeRate(Strategy):
+    """Climbs the loss."""
+    name = "negative-rate"
+
+    def plan(self, source, target, rng):
+        return TransferPlan(lr_scale={n: torch.tensor(-1.0) for n, _ in target.named_parameters()})
+
+
+class VectorPenalty(Strategy):
+    """Returns one penalty per example."""
+    name = "vector-penalty"
+
+    def plan(self, source, target, rng):
+        return TransferPlan.full(source, target)
+
+    def batch_regularizer(self, batch):
+        return (batch.output ** 2).reshape(len(batch.x), -1).mean(dim=1)
+'''
+
+
+@pytest.mark.slow
+def test_the_guide_value_rule_and_regulariser_examples_pass_and_broken_surfaces_fail_by_name(cli, tmp_path):
+    path = tmp_path / "surfaces.py"
+    path.write_text(guide_block("ShrunkFilters") + "\n\n" + guide_block("FeatureDistance") + "\n\n" + NEW_SURFACES_BAD)
+    result = cli("submit", str(path), "--store", str(tmp_path / "r.db"))
+    assert result.code == 1, result.out + result.err
+    found = statuses(result.out)
+    shrunk = {c for (p, c) in found if p == "shrunk-filters"}
+    assert shrunk == {*CHECKS, "value_rule"} and all(found[("shrunk-filters", c)] == "pass" for c in shrunk)
+    distance = {c for (p, c) in found if p == "feature-distance"}
+    assert distance == {*CHECKS, "regularizer"} and all(found[("feature-distance", c)] == "pass" for c in distance)
+    assert found[("reads-outside", "value_rule")] == "FAIL" and found[("reads-outside", "plan_shapes")] == "pass"
+    assert found[("negative-rate", "lr_scale")] == "FAIL" and found[("negative-rate", "plan_shapes")] == "pass"
+    assert found[("vector-penalty", "regularizer")] == "FAIL" and found[("vector-penalty", "plan_shapes")] == "pass"
+    assert "reads the donor outside its declared entries" in result.out
+    assert "learning-rate scale for" in result.out and "is negative" in result.out
+    assert "not a scalar tensor" in result.out

@@ -80,7 +80,7 @@ def train_planned(run: PlannedRun, device: str) -> RunResult:
             trajectory, observer = tracer(state.task, state.target_data, run.plan)
             train(
                 run.target, state.target_data.train, budget, state.streams.torch("target-batches"), run.plan, strategy, reference,
-                deadline=run.deadline, observer=observer, observe_every=max(state.task.trace_every(), 1),
+                deadline=run.deadline, observer=observer, observe_every=max(state.task.trace_every(), 1), donor=donor,
             )
         seconds = run.plan_seconds + time.perf_counter() - start
         return RunResult.for_spec(

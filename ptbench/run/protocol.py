@@ -30,8 +30,9 @@ from .training import accuracy, held_out_loss, train
 class PlanError(RuntimeError):
     """The strategy broke the planning protocol; the message says how. `kind` names the
     broken step ("donor", "target": a model changed while planning; "type", "shape": the
-    plan itself), and `plan` is the plan when there was one, so that the contract checks
-    can report each broken step under its own name."""
+    plan itself; "extras": the task lacks what the strategy's `needs_extras` names), and
+    `plan` is the plan when there was one, so that the contract checks can report each
+    broken step under its own name."""
 
     def __init__(self, message: str, kind: str = "donor", plan: object = None):
         super().__init__(message)
@@ -94,6 +95,14 @@ def plan_context(
 
 def make_plan(strategy: Strategy, donor: TransferModel, target: TransferModel, streams: RandomStreams, context: PlanContext) -> TransferPlan:
     """Steps 1-4: the strategy's plan, checked, with the donor and the fresh target untouched."""
+    missing = [name for name in strategy.needs_extras if name not in context.extras]
+    if missing:
+        raise PlanError(
+            f"strategy {strategy.instance_name} needs the task's {', '.join(map(repr, missing))} (needs_extras), which "
+            f"task {context.task.instance_name} does not name (its extras: {', '.join(sorted(context.extras)) or 'none'}); "
+            "run it on a task that provides them",
+            "extras",
+        )
     before_target = snapshot(target)
     plan = None
     try:

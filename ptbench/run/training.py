@@ -3,6 +3,15 @@
 This is the per-run path: any model, any strategy hook. Frozen entries are held fixed by
 zeroing their gradients *and* restoring their values after each step, so no optimiser
 (momentum, Adam, weight decay) can move them.
+
+Learning-rate scales (`TransferPlan.lr_scale`) scale each optimiser step's *change* of an
+entry: after the step, an entry with scale s is set to before + s * (after - before). Every
+optimiser here moves a parameter by the learning rate times a quantity that does not depend
+on the learning rate (SGD with momentum and weight decay: lr * buffer; AdamW: lr * (m / (sqrt(v)
++ eps) + wd * p)), so this is exactly a per-entry learning rate s * lr for all of them (scaling
+gradients instead would be exact only for plain SGD and a no-op under Adam, which normalises
+them away). Scale 0 freezes (the entry is held like a frozen one); entries at scale 1 are left
+exactly as the optimiser put them.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptbench.api import Diverged, RunTimeout, Split, Strategy, TrainBudget, TransferPlan
+from ptbench.api import Diverged, RegularizerBatch, RunTimeout, Split, Strategy, TrainBudget, TransferPlan
 
 __all__ = ["Diverged", "RunTimeout", "accuracy", "held_out_loss", "loss_fn", "train"]
 
@@ -75,6 +84,28 @@ def _optimizer(budget: TrainBudget, params: list[nn.Parameter]) -> torch.optim.O
     raise ValueError(f"unknown optimizer {budget.optimizer!r}")
 
 
+def _scalar_term(value: object, strategy: Strategy, hook: str) -> torch.Tensor | None:
+    """A regulariser's return value, checked: None or a scalar tensor."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"strategy {strategy.instance_name}: {hook} returned {shape}, not a scalar tensor; sum or average the penalty (or return None)")
+    return value.reshape(())
+
+
+@torch.no_grad()
+def donor_features(donor: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The donor's features for x: no gradient, the donor in eval mode (so BatchNorm reads and
+    updates no statistics), then back in the mode it was in."""
+    was_training = donor.training
+    donor.eval()
+    try:
+        return {k: v.detach() for k, v in donor.forward_features(x)[1].items()}
+    finally:
+        donor.train(was_training)
+
+
 def train(
     model: nn.Module,
     data: Split,
@@ -86,15 +117,27 @@ def train(
     deadline: float | None = None,
     observer: Observer | None = None,
     observe_every: int = 50,
+    donor: nn.Module | None = None,
 ) -> TrainLog:
     """Train `model` on `data` for the budget's steps; minibatch order comes from `generator`.
 
     `deadline` is a time.monotonic() value past which training stops with RunTimeout.
+    `donor` is the model the plan inherits from; only a strategy's `batch_regularizer` with
+    `needs_donor_features` reads it (its features, without gradient).
     """
     plan = plan or TransferPlan.nothing()
     phases = strategy.phases(budget.steps, plan, model) if strategy else [(budget.steps, plan.freeze)]
     params = dict(model.named_parameters())
     optimizer = _optimizer(budget, list(params.values()))
+    batch_hook = strategy is not None and type(strategy).batch_regularizer is not Strategy.batch_regularizer
+    wants_donor = batch_hook and type(strategy).needs_donor_features
+    if wants_donor and donor is None:
+        raise ValueError(f"strategy {strategy.instance_name} needs the donor's features, and no donor was given to train()")
+    # learning-rate scales: 0 holds an entry (as frozen), 1 leaves it alone, others scale the step
+    scales = {name: plan.lr_scales(name, tuple(params[name].shape)).to(params[name].device) for name in plan.lr_scale if name in params}
+    held = {name: scale == 0 for name, scale in scales.items() if bool((scale == 0).any())}
+    scaled = {name: (scale, (scale != 0) & (scale != 1)) for name, scale in scales.items()}
+    scaled = {name: pair for name, pair in scaled.items() if bool(pair[1].any())}
     n = len(data)
     batch = budget.batch_size if budget.optimizer != "gd" and budget.batch_size else n
     order = torch.randperm(n, generator=generator).to(data.x.device) if batch < n else None
@@ -103,6 +146,10 @@ def train(
     step = 0
     model.train()
     for phase_steps, freeze in phases:
+        if held:
+            freeze = dict(freeze)
+            for name, mask in held.items():
+                freeze[name] = mask | freeze[name].to(mask.device) if name in freeze else mask
         frozen = {
             name: (mask.to(params[name].device), params[name].detach().clone())
             for name, mask in freeze.items()
@@ -122,9 +169,19 @@ def train(
                 idx = order[cursor : cursor + batch]
                 cursor += batch
                 xb, yb = data.x[idx], data.y[idx]
-            loss = loss_fn(budget.loss, model(xb), yb)
+            if batch_hook:
+                output, features = model.forward_features(xb)
+                loss = loss_fn(budget.loss, output, yb)
+            else:
+                loss = loss_fn(budget.loss, model(xb), yb)
             if strategy is not None and reference is not None:
-                extra = strategy.regularizer(model, reference, plan)
+                extra = _scalar_term(strategy.regularizer(model, reference, plan), strategy, "regularizer")
+                if extra is not None:
+                    loss = loss + extra
+            if batch_hook:
+                seen = donor_features(donor, xb) if wants_donor else None
+                batch_view = RegularizerBatch(xb, yb, step, model, output, features, seen, plan)
+                extra = _scalar_term(strategy.batch_regularizer(batch_view), strategy, "batch_regularizer")
                 if extra is not None:
                     loss = loss + extra
             value = float(loss.detach())
@@ -138,8 +195,12 @@ def train(
             for name, (mask, _) in frozen.items():
                 if params[name].grad is not None:
                     params[name].grad.masked_fill_(mask, 0.0)
+            before = {name: params[name].detach().clone() for name in scaled}
             optimizer.step()
             with torch.no_grad():
+                for name, (scale, where) in scaled.items():
+                    start = before[name]
+                    params[name].copy_(torch.where(where, start + scale * (params[name] - start), params[name]))
                 for name, (mask, value0) in frozen.items():
                     params[name].copy_(torch.where(mask, value0, params[name]))
             step += 1

@@ -109,11 +109,21 @@ class SmallCNN(TransferModel):
             self.head.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv, pool in zip(self.convs, self.pools):
+        return self.forward_features(x)[0]
+
+    def feature_layers(self) -> list[str]:
+        return [f"conv{i + 1}" for i in range(len(self.convs))]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The logits, and per conv layer ("conv1", ...) its output as the next layer reads
+        it: after the ReLU, and after the pooling where the model pools."""
+        features = {}
+        for i, (conv, pool) in enumerate(zip(self.convs, self.pools)):
             x = F.relu(conv(x))
             if pool:
                 x = F.max_pool2d(x, 2)
-        return self.head(x).flatten(1)
+            features[f"conv{i + 1}"] = x
+        return self.head(x).flatten(1), features
 
     def transfer_layers(self) -> list[TransferLayer]:
         layers = []
@@ -177,10 +187,24 @@ class ResNet18(TransferModel):
             self.fc.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+    def feature_layers(self) -> list[str]:
+        return ["stem"] + [f"block{i + 1}.conv{j}" for i in range(len(self.blocks)) for j in (1, 2)]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The logits, and per transfer layer but the head its output as the next layer reads
+        it (named like the transfer layers): "stem", each block's "blockK.conv1" (after its
+        BatchNorm and ReLU) and "blockK.conv2" (the block's output, after the residual sum)."""
         x = F.relu(self.bn1(self.conv1(x)))
-        for block in self.blocks:
-            x = block(x)
-        return self.fc(x.mean(dim=(2, 3)))
+        features = {"stem": x}
+        for i, block in enumerate(self.blocks):
+            inner = F.relu(block.bn1(block.conv1(x)))
+            out = block.bn2(block.conv2(inner))
+            x = F.relu(out + (x if block.shortcut is None else block.shortcut(x)))
+            features[f"block{i + 1}.conv1"] = inner
+            features[f"block{i + 1}.conv2"] = x
+        return self.fc(x.mean(dim=(2, 3))), features
 
     def transfer_layers(self) -> list[TransferLayer]:
         layers = [TransferLayer("stem", ("conv1.weight", "bn1.weight", "bn1.bias"), (self.conv1.out_channels,))]

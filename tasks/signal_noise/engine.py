@@ -16,10 +16,17 @@ in float32 the sums are ordered differently, so weights agree to rounding (tests
 to a tight tolerance and accuracies to equality). Frozen filters are left out of the
 per-step product altogether (their share of every output is computed once), so they stay
 bit-identical to their initial value, as on the per-run path; jobs that must end alike
-(same data, start and frozen filters) are trained once. The engine trains exactly what
-`supports` accepts: TwoLayerReLUCNN itself, full-batch GD (no momentum, no weight decay) on
-the logistic loss, and freeze masks that hold whole filters (a mask that freezes part of a
-filter would leave the span, so such a plan goes per-run).
+(same data, start, frozen filters and learning-rate scales) are trained once. The engine
+trains exactly what `supports` accepts: TwoLayerReLUCNN itself, full-batch GD (no momentum,
+no weight decay) on the logistic loss, freeze masks that hold whole filters (a mask that
+freezes part of a filter would leave the span, so such a plan goes per-run), and
+learning-rate scales per whole filter (a filter's GD step on its coefficients times its
+scale; scale 0 is frozen; scales that differ within a filter go per-run).
+
+Where a filter starts is not the engine's business: it trains from each job's initial W,
+the plan already applied, so every value rule (a mix of donor and fresh filters, a donor
+filter with a direction projected out, a random filter of the donor's norm) is supported:
+w_{j,r} = w0_{j,r} + sum_k c_{j,r,k} b_k holds whatever w0 is.
 
 Data. Splits may be given as `PatchSplit` (the factors the task drew them from) or as plain
 dense splits, which are factored trivially (every patch its own basis vector, no sharing).
@@ -41,12 +48,28 @@ from .model import TwoLayerReLUCNN
 
 
 def _freeze_rows(plan: TransferPlan | None, model: TwoLayerReLUCNN) -> torch.Tensor | None:
-    """[2, m] bool: the filters the plan freezes; None when it freezes part of a filter."""
+    """[2, m] bool: the filters the plan freezes (learning-rate scale 0 included); None when
+    it freezes part of a filter."""
+    rates = _rate_rows(plan, model)
+    if rates is None:
+        return None
     if plan is None or "W" not in plan.freeze:
-        return torch.zeros(2, model.m, dtype=torch.bool)
+        return rates == 0
     mask = plan.freeze["W"].to(torch.bool).cpu()
     rows = mask.any(dim=-1)
     if not torch.equal(mask, rows[..., None].expand_as(mask)):
+        return None
+    return rows | (rates == 0)
+
+
+def _rate_rows(plan: TransferPlan | None, model: TwoLayerReLUCNN) -> torch.Tensor | None:
+    """[2, m]: every filter's learning-rate scale (1 without one); None when the plan's
+    scales differ within a filter."""
+    if plan is None or "W" not in plan.lr_scale:
+        return torch.ones(2, model.m)
+    scale = plan.lr_scales("W", tuple(model.W.shape)).cpu().to(torch.float64)
+    rows = scale[..., 0]
+    if not torch.equal(scale, rows[..., None].expand_as(scale)):
         return None
     return rows
 
@@ -76,6 +99,10 @@ class TwoLayerCNNEngine(BatchedEngine):
             return "the engine trains the logistic loss only"
         if plan is not None and set(plan.freeze) - {"W"}:
             return "plan freezes parameters the model does not have"
+        if plan is not None and set(plan.lr_scale) - {"W"}:
+            return "plan scales the learning rate of parameters the model does not have"
+        if _rate_rows(plan, model) is None:
+            return "plan scales the learning rate of part of a filter; the engine scales whole filters"
         if _freeze_rows(plan, model) is None:
             return "plan freezes part of a filter; the engine freezes whole filters"
         return None
@@ -96,7 +123,7 @@ class TwoLayerCNNEngine(BatchedEngine):
         twins: dict[tuple, list[int]] = {}
         same_as: dict[int, int] = {}
         for i, job in enumerate(jobs):
-            key = (id(job.data), _freeze_rows(job.plan, job.model).numpy().tobytes())
+            key = (id(job.data), _freeze_rows(job.plan, job.model).numpy().tobytes(), _rate_rows(job.plan, job.model).numpy().tobytes())
             twin = next((u for u in twins.get(key, []) if torch.equal(jobs[u].model.W, job.model.W)), None)
             if twin is None:
                 twins.setdefault(key, []).append(i)
@@ -158,9 +185,11 @@ class TwoLayerCNNEngine(BatchedEngine):
 
         W0 = torch.zeros(D, J * M + 1, d, device=device, dtype=dtype)  # + a zero row for padding
         free = torch.zeros(D, J * M + 1, dtype=torch.bool)
+        rate = torch.ones(D, J * M + 1, dtype=torch.float64)  # per filter: its learning-rate scale
         for job, (ds, slot) in zip(jobs, slot_of):
             W0[ds, slot * M : (slot + 1) * M] = job.model.W.detach().reshape(M, d).to(dtype)
             free[ds, slot * M : (slot + 1) * M] = ~_freeze_rows(job.plan, job.model).reshape(M)
+            rate[ds, slot * M : (slot + 1) * M] = _rate_rows(job.plan, job.model).reshape(M)
         A0 = torch.bmm(W0, B.transpose(1, 2))  # [D, J M + 1, K]: every filter's start
         self.flops += 2.0 * D * K * K * d + 2.0 * D * (J * M + 1) * d * K
 
@@ -175,6 +204,10 @@ class TwoLayerCNNEngine(BatchedEngine):
         rows, gidx = rows.to(device), group.reshape(-1).to(device)
         take = torch.arange(D, device=device)[:, None]
         A0r = A0[take, rows]  # [D, R, K]
+        # learning-rate scales of the free rows, [D, R, 1]; None when every one is 1 (the
+        # plain program, unchanged)
+        row_rate = rate[torch.arange(D)[:, None], rows.cpu()]
+        row_rate = None if bool((row_rate == 1).all()) else row_rate.to(device, dtype)[..., None]
 
         # the frozen filters' fixed share of F: the same formulas, once, on their A0 rows
         frozen = (~free).to(device)
@@ -219,6 +252,8 @@ class TwoLayerCNNEngine(BatchedEngine):
             if S:
                 hbuf[..., n:] = torch.bmm(hbuf[..., :n], PN)
             h_rows = hbuf.view(D * groups, n + 2 * S).index_select(0, gidx).view(D, R, n + 2 * S)
+            if row_rate is not None:  # a filter's step on its coefficients times its scale
+                h_rows.mul_(row_rate)
             C_own.addcmul_(act.sign_().view(D, R, n, Q), h_rows[..., :n, None], value=-lr)  # sign of relu: its derivative
             if S:
                 gs = (Zs > 0).to(dtype) * h_rows[..., n : n + S] - (Zs < 0).to(dtype) * h_rows[..., n + S :]

@@ -31,8 +31,17 @@ class TwoLayerReLUCNN(TransferModel):
         return torch.relu(pre).reshape(n, patches, 2, self.m).permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        F = self.activations(x).sum(dim=(2, 3)) / self.m  # [N, 2]
-        return F[:, 0] - F[:, 1]
+        return self.forward_features(x)[0]
+
+    def feature_layers(self) -> list[str]:
+        return ["conv"]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The output, and the feature "conv": every filter's ReLU(<w_{j,r}, x_p>), [N, 2, m,
+        patches] (`activations`), which the fixed second layer sums."""
+        acts = self.activations(x)
+        F = acts.sum(dim=(2, 3)) / self.m  # [N, 2]
+        return F[:, 0] - F[:, 1], {"conv": acts}
 
     def transfer_layers(self) -> list[TransferLayer]:
         return [TransferLayer(name="conv", params=("W",), filter_shape=(2, self.m))]

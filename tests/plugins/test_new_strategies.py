@@ -23,7 +23,7 @@ from ptbench.contract import (
     checks_for,
     run_check,
 )
-from ptbench.registry import default_registry
+from ptbench.registry import Registry, default_registry
 from ptbench.rng import RandomStreams
 from ptbench.run.engines import BatchJob
 from ptbench.run.group import group_specs
@@ -66,7 +66,7 @@ def source(task):
     return model, task.data("target", streams)
 
 
-def run_both_paths(task, strategies, seeds=(0, 1)):
+def run_both_paths(task, strategies, seeds=(0,)):
     """{strategy instance name: [results per seed]} per path: per-run only, and batched."""
     specs = [RunSpec(task, s, seed) for seed in seeds for s in strategies]
     out = {}
@@ -182,15 +182,37 @@ def test_value_rule_strategies_run_batched_and_their_identities_hold_on_both_pat
         # the engine trains what the per-run loop trains (accuracies equal at this size)
         assert_same(batched[s.instance_name], per_run[s.instance_name])
     for path in (batched, per_run):
-        for s in ("random-filters[fraction=0.0]", "project-out[fraction=0.0]"):
-            assert_same(path[s], path["scratch"])
-        for s in ("discriminative-lr[decay=1.0]", "discriminative-lr", "surgical"):
-            assert_same(path[s], path["full"])
+        for s in strategies[2:4]:
+            assert_same(path[s.instance_name], path["scratch"])
+        for s in strategies[4:7]:
+            assert_same(path[s.instance_name], path["full"])
 
 
-def test_project_out_on_a_task_without_directions_fails_saying_so(make_task):
-    task = REGISTRY.tasks["digits-split"](width=4, depth=1, source_steps=3, target_steps=3)
-    (result,) = run_groups(group_specs([RunSpec(task, ProjectOut(), 0)]), RunOptions())
+def test_the_identities_hold_weight_for_weight_on_both_paths(task, source):
+    pairs = [
+        (Full(), DiscriminativeLR(decay=1.0)), (Full(), DiscriminativeLR()), (Full(), Surgical()),
+        (Scratch(), RandomFilters(fraction=0.0)), (Scratch(), ProjectOut(fraction=0.0)),
+    ]
+    for batched in (False, True):
+        for reference, same in pairs:
+            _, start_a, end_a = start_and_end(task, source, reference, batched)
+            _, start_b, end_b = start_and_end(task, source, same, batched)
+            assert torch.equal(start_a, start_b) and torch.equal(end_a, end_b), (same, batched)
+
+
+def test_project_out_on_a_task_without_directions_fails_saying_so(task):
+    class Undirected(type(task)):
+        name = "undirected"
+
+        def data(self, role, streams):
+            out = super().data(role, streams)
+            del out.extras["directions"]
+            return out
+
+        def diagnostics(self, model, data, plan):
+            return {}
+
+    (result,) = run_groups(group_specs([RunSpec(Undirected(**task.values), ProjectOut(), 0)]), RunOptions())
     assert result.status == "failed"
     assert "needs the task's 'directions' (needs_extras)" in result.error
 
@@ -226,7 +248,7 @@ def test_discriminative_lr_scales_each_layers_step_by_decay_per_layer_from_the_t
     for depth, layer in enumerate(reversed(layers)):
         for name in layer.params:
             assert float(plan.lr_scale[name]) == 0.5**depth
-            assert torch.allclose(ours[name], 0.5**depth * full[name], rtol=1e-4, atol=1e-8), name
+            assert torch.allclose(ours[name], 0.5**depth * full[name], rtol=1e-4, atol=1e-6), name
     _, same = image_step(images, DiscriminativeLR(decay=1.0))
     assert all(torch.equal(same[n], full[n]) for n in full)
 
@@ -249,12 +271,13 @@ def test_delta_and_bss_at_zero_strength_are_full_and_take_the_per_run_path(task)
         assert strategy.customises_training()
     strategies = [Full(), Delta(alpha=0.0), BSS(eta=0.0), Delta()]
     runs = run_both_paths(task, strategies)
+    full, delta0, bss0, delta = (s.instance_name for s in strategies)
     for path in ("per-run", "batched"):
-        assert {r.path for r in runs[path]["delta[alpha=0.0]"] + runs[path]["bss[eta=0.0]"] + runs[path]["delta"]} == {"per-run"}
+        assert {r.path for r in runs[path][delta0] + runs[path][bss0] + runs[path][delta]} == {"per-run"}
     per_run = runs["per-run"]
-    assert_same(per_run["delta[alpha=0.0]"], per_run["full"])
-    assert_same(per_run["bss[eta=0.0]"], per_run["full"])
-    assert all(r.status == "ok" for r in per_run["delta"])
+    assert_same(per_run[delta0], per_run[full])
+    assert_same(per_run[bss0], per_run[full])
+    assert all(r.status == "ok" for r in per_run[delta])
 
 
 def penalty(strategy, model, donor, x):
@@ -269,21 +292,23 @@ def test_delta_is_alpha_times_the_mean_squared_feature_distance_and_zero_at_the_
     x = data.train.x
     target = task.model("target", torch.Generator().manual_seed(0))
     TransferPlan.full(donor, target).apply(donor, target)
-    assert float(penalty(Delta(alpha=0.3), target, donor, x)) == 0.0
+    assert float(penalty(Delta(alpha=0.3), target, donor, x).detach()) == 0.0
     with torch.no_grad():
         target.W.mul_(1.1)
-    expected = 0.3 * float(((target.features(x)["conv"] - donor.features(x)["conv"]) ** 2).mean())
-    assert float(penalty(Delta(alpha=0.3), target, donor, x)) == pytest.approx(expected, rel=1e-5)
+    with torch.no_grad():
+        expected = 0.3 * float(((target.features(x)["conv"] - donor.features(x)["conv"]) ** 2).mean())
+    assert float(penalty(Delta(alpha=0.3), target, donor, x).detach()) == pytest.approx(expected, rel=1e-5)
     assert expected > 0
 
 
 def test_bss_is_eta_times_the_k_smallest_squared_singular_values_of_the_batch_features(task, source):
     donor, data = source
     x = data.train.x
-    features = donor.features(x)["conv"].reshape(len(x), -1)
+    with torch.no_grad():
+        features = donor.features(x)["conv"].reshape(len(x), -1)
     singular = torch.linalg.svd(features).S  # descending
     for k in (1, 2):
-        got = float(penalty(BSS(eta=0.01, k=k), donor, donor, x))
+        got = float(penalty(BSS(eta=0.01, k=k), donor, donor, x).detach())
         assert got == pytest.approx(0.01 * float((singular[-k:] ** 2).sum()), rel=1e-4)
 
 
@@ -321,17 +346,18 @@ class ProjectsPartly(Strategy):
     name = "projects-partly"
 
     def plan(self, source, target, rng):
-        plan = TransferPlan()
+        plan, donor = TransferPlan(), dict(source.named_parameters())
         for layer in target.transfer_layers():
             for name in layer.params:
                 param = target.get_parameter(name)
-                if param.dim() < 2:
+                if param.dim() < 2 or donor[name].shape != param.shape:
                     continue
-                mask = torch.zeros(param.shape, dtype=torch.bool)
-                mask.reshape(param.shape[0], -1)[:, : mask[0].numel() // 2] = True
                 length = param[0].numel() if len(layer.filter_shape) == 1 else param.shape[-1]
+                mask = torch.zeros(param.shape, dtype=torch.bool)
+                mask.view(-1, length)[:, : length // 2] = True  # half of every filter's entries
                 plan.copy[name] = mask
-                plan.init[name] = ValueRule.project_out(torch.eye(1, length), donor=mask.float(), fresh=(~mask).float())
+                direction = torch.ones(1, length) / length**0.5  # mixes every entry of a filter
+                plan.init[name] = ValueRule.project_out(direction, donor=mask.float(), fresh=(~mask).float())
         return plan
 
 
@@ -342,7 +368,10 @@ class Smuggler(Strategy):
 
     def plan(self, source, target, rng):
         donor = dict(source.named_parameters())
-        return TransferPlan(init={n: ValueRule(donor=0.0, fresh=0.0, offset=donor[n].detach().clone()) for n, _ in target.named_parameters()})
+        return TransferPlan(init={
+            n: ValueRule(donor=0.0, fresh=0.0, offset=donor[n].detach().clone())
+            for n, p in target.named_parameters() if donor[n].shape == p.shape
+        })
 
 
 class NegativeRate(Strategy):
@@ -399,7 +428,11 @@ class VectorPenalty(Strategy):
 
 @pytest.fixture(scope="module")
 def env() -> CheckEnv:
-    return CheckEnv(REGISTRY)
+    """The checks against the signal-noise task alone (tests/plugins/test_contract.py runs
+    them on every registered task): the models here are built in microseconds."""
+    registry = Registry()
+    registry.add_class(REGISTRY.tasks["signal-noise"], "built-in")
+    return CheckEnv(registry)
 
 
 @pytest.mark.parametrize(
