@@ -3,10 +3,12 @@
 The per-run path (`ptbench.run.training`) trains any model under any strategy hook, one run at a
 time. An engine trades that generality for speed on one architecture: it trains every run of
 a task variant (seeds x strategy variants) together, with no Python loop over runs. A task
-offers one through `Task.batched_engine()`; the runner (`ptbench.run.per_run`) sends it the runs
-it `supports` and everything else (strategies with training hooks, plans the engine cannot
-express) to the per-run path, so results never depend on which path ran them beyond float
-rounding (tests/test_engine.py holds the two paths to the same weights and accuracies).
+offers one through `Task.batched_engine()`; `ptbench.run.protocol.batched_refusal` sends it
+the runs it `supports` and everything else (strategies with training hooks, plans the engine
+cannot express) to the per-run path, so results never depend on which path ran them beyond
+float rounding (tests/plugins/test_engine.py holds the two paths to the same weights and
+accuracies). The engine is the task family's (`tasks/signal_noise/engine.py`); this module
+is only the protocol between the harness and any engine.
 
 Nothing here knows a task or a strategy: an engine sees initial models (the plan already
 applied), training splits, freeze masks and the task's budget.
