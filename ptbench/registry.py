@@ -4,7 +4,8 @@ A plugin is any subclass of Task or Strategy with a `name`, defined in a module 
 loads. Built-ins come from the `ptbench.tasks` / `ptbench.strategies` packages (the
 repository's `tasks/` and `strategies/` folders); installed packages add theirs through the
 entry point groups `ptbench.tasks` and `ptbench.strategies` (each entry point names a module
-or a class).
+or a class). A package whose entry point cannot be loaded is skipped with one PluginWarning,
+so that one broken install never stops `list`, `run` or `leaderboard`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib.util
 import inspect
 import pkgutil
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -68,25 +70,41 @@ class Registry:
     def load_builtins(self) -> None:
         for package_name in ("ptbench.tasks", "ptbench.strategies"):
             package = importlib.import_module(package_name)
-            # walk_packages, not iter_modules: a task family is a package of modules
-            # (tasks/signal_noise/task.py), and its classes live in those modules.
+            # walk_packages, not iter_modules: a task family is a package of modules,
+            # and its classes live in those modules.
             infos = pkgutil.walk_packages(package.__path__, prefix=f"{package_name}.")
             for info in sorted(infos, key=lambda i: i.name):
                 module = importlib.import_module(info.name)
                 self.add_module(module, f"built-in {info.name}")
 
     def load_entry_points(self) -> None:
+        """Every installed package's plugins. A broken package (its entry point fails to
+        import, raises while importing, or clashes with a plugin already registered) is
+        reported once, as a PluginWarning naming it, and skipped: the others still load."""
         for group in ("ptbench.tasks", "ptbench.strategies"):
-            for entry in metadata.entry_points(group=group):
+            try:
+                entries = list(metadata.entry_points(group=group))
+            except Exception as err:  # a malformed entry_points.txt somewhere on sys.path
+                _report(f"the installed packages' {group} entry points cannot be read ({type(err).__name__}: {err}); "
+                        "no installed plugin of that group is loaded: reinstall the package whose metadata is damaged")
+                continue
+            for entry in entries:
+                where = f"entry point {entry.name!r} ({entry.value}) of {_distribution(entry)}"
                 try:
                     loaded = entry.load()
-                except Exception as err:  # a broken third-party package must not hide the rest
-                    raise PtbenchError(f"entry point {entry.name!r} ({entry.value}) failed to import: {err}") from None
+                except (Exception, SystemExit) as err:  # a broken third-party package must not hide the rest
+                    _report(f"{where} failed to import ({type(err).__name__}: {err}); skipped it: fix or uninstall that package")
+                    continue
                 origin = f"entry point {entry.value}"
-                if inspect.ismodule(loaded):
-                    self.add_module(loaded, origin)
-                else:
-                    self.add_class(loaded, origin)
+                before = (dict(self.tasks), dict(self.strategies), dict(self.origins))
+                try:
+                    if inspect.ismodule(loaded):
+                        self.add_module(loaded, origin)
+                    else:
+                        self.add_class(loaded, origin)
+                except PtbenchError as err:  # a name clash: keep what was registered first
+                    self.tasks, self.strategies, self.origins = before
+                    _report(f"{where} skipped: {err}")
 
     def load_plugin(self, path: str | Path) -> int:
         """Import a single plugin file by path; returns how many plugins it defined."""
@@ -124,6 +142,32 @@ class Registry:
                 f"unknown {singular} {name!r}{closest(name, table)}; valid: {', '.join(sorted(table))}"
             )
         return table[name]
+
+
+class PluginWarning(UserWarning):
+    """An installed plugin package could not be loaded; every other plugin still is."""
+
+
+#: Messages already reported in this process: one broken package, one warning.
+_REPORTED: set[str] = set()
+
+
+def _report(message: str) -> None:
+    """Warn once per process, as one line: warn_explicit with no source line to print, so
+    the default warning display is `ptbench:0: PluginWarning: MESSAGE` and nothing more."""
+    if message in _REPORTED:
+        return
+    _REPORTED.add(message)
+    warnings.warn_explicit(message, PluginWarning, filename="ptbench", lineno=0, module="ptbench.registry")
+
+
+def _distribution(entry: metadata.EntryPoint) -> str:
+    dist = getattr(entry, "dist", None)
+    name = getattr(dist, "name", None) if dist is not None else None
+    if not name:
+        return "an installed package"
+    version = getattr(dist, "version", None)
+    return f"package {name} {version}" if version else f"package {name}"
 
 
 def default_registry(plugins: list[str] | tuple[str, ...] = ()) -> Registry:

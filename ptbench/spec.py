@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from typing import Any, ClassVar
 
 from ptbench.errors import PtbenchError, closest
@@ -74,14 +75,19 @@ def parse_spec(spec: str) -> tuple[str, dict[str, list[Any]]]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise PtbenchError(f"malformed SPEC {spec!r}: {item!r} is not key=value")
-        value = value.strip()
+        value, key = value.strip(), key.strip()
+        if key in fixed:
+            raise PtbenchError(
+                f"malformed SPEC {spec!r}: parameter {key!r} is given twice; give it once "
+                f"(a list such as {key}=[a,b] sweeps several values)"
+            )
         if value.startswith("[") and value.endswith("]"):
             values = [parse_value(v) for v in _split_top_level(value[1:-1], spec)]
             if not values:
-                raise PtbenchError(f"malformed SPEC {spec!r}: empty list for {key.strip()!r}")
+                raise PtbenchError(f"malformed SPEC {spec!r}: empty list for {key!r}")
         else:
             values = [parse_value(value)]
-        fixed[key.strip()] = values
+        fixed[key] = values
     return name.strip(), fixed
 
 
@@ -179,6 +185,12 @@ def _coerce(plugin: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, float) and isinstance(value, float) and value != value:
         # NaN passes every range check a plugin writes (each comparison is False)
         raise PtbenchError(f"{plugin}: parameter {key!r} is NaN; give a number (like {format_value(default)})")
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # infinity passes a range check written as `value >= 0`, and no run means anything with it
+        if not isinstance(value, float) and not _fits_float(value):
+            raise PtbenchError(f"{plugin}: parameter {key!r} is an integer too large for a float; give a finite number (like {format_value(default)})")
+        if math.isinf(value):
+            raise PtbenchError(f"{plugin}: parameter {key!r} is {value!r}; give a finite number (like {format_value(default)})")
     expected = type(default)
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
@@ -191,3 +203,11 @@ def _coerce(plugin: str, key: str, value: Any, default: Any) -> Any:
     raise PtbenchError(
         f"{plugin}: parameter {key!r} expects {expected.__name__} (like {format_value(default)}), got {value!r}"
     )
+
+
+def _fits_float(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True

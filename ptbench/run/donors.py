@@ -14,7 +14,7 @@ import torch
 
 from ..api import Task, TaskData
 from ..rng import RandomStreams
-from .cache import CacheWarning, DonorCache
+from .cache import CacheWarning, DonorCache, model_digest
 from .group import DONORS, Trained
 from .training import accuracy, train
 
@@ -46,7 +46,8 @@ def train_donor(task: Task, donor: str, data: TaskData, streams: RandomStreams, 
     trajectory, observer = tracer(task, data, None)
     train(model, data.train, budget, streams.torch(f"{init_role}-batches"), observer=observer, observe_every=max(task.trace_every(), 1))
     seconds = time.perf_counter() - start
-    return Trained(model, accuracy(model, data.test, budget.loss), seconds, task.diagnostics(model, data, None), trajectory)
+    acc = accuracy(model, data.test, budget.loss)
+    return Trained(model, acc, seconds, task.diagnostics(model, data, None), trajectory, model_digest(model))
 
 
 def cached_donor(task: Task, donor: str, streams: RandomStreams, device: str, cache: DonorCache) -> Trained | None:
@@ -61,7 +62,9 @@ def cached_donor(task: Task, donor: str, streams: RandomStreams, device: str, ca
     except (RuntimeError, KeyError) as err:  # the model's shape changed without a code change we hash
         warnings.warn(f"cached {init_role} model of {task.instance_name} seed {streams.seed} does not fit the model ({err}); retraining it", CacheWarning)
         return None
-    return Trained(model.to(device), entry.test_acc, entry.seconds, entry.diagnostics, entry.trajectory)
+    # the digest of the weights the model now holds (load_state_dict may cast), which is the
+    # entry's verified digest whenever the model's dtypes are those it was saved with
+    return Trained(model.to(device), entry.test_acc, entry.seconds, entry.diagnostics, entry.trajectory, model_digest(model))
 
 
 def save_donor(task: Task, donor: str, seed: int, trained: Trained, cache: DonorCache) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from ..api import RunResult, RunSpec, Strategy, Task, TaskData, TrainBudget
 from ..rng import RandomStreams
+from .cache import model_digest
 
 #: The donors a group may need: name -> (the data role it trains on, its initialisation stream).
 DONORS: dict[str, tuple[str, str]] = {"source": ("source", "source-init"), "target": ("target", "selffer-init")}
@@ -57,6 +58,9 @@ class Trained:
     seconds: float
     diagnostics: dict
     trajectory: list
+    #: `cache.state_digest` of the model's weights as the group received them (cached or
+    #: trained here); None until computed (`GroupState.source_fields` fills it in).
+    digest: str | None = None
 
 
 @dataclass
@@ -76,11 +80,14 @@ class GroupState:
         return self.group.task
 
     def source_fields(self, device: str) -> dict:
-        """The fields every run of the group reports about its source model."""
+        """The fields every run of the group reports about its source model, its digest
+        included (so two stores can be checked for having used the same source models)."""
         source = self.donors.get("source")
         if source is None:
             return dict(device=device)
-        return dict(source_acc=source.test_acc, source_seconds=source.seconds, device=device)
+        if source.digest is None:
+            source.digest = model_digest(source.model)
+        return dict(source_acc=source.test_acc, source_seconds=source.seconds, device=device, donor_digest=source.digest)
 
     def fail(self, status: str, error: str) -> None:
         """Mark the group failed; the first failure is the one reported."""

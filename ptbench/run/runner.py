@@ -20,7 +20,7 @@ from ..api import RunResult, RunSpec, Task
 from ..errors import PtbenchError
 from ..rng import RandomStreams
 from .batched import train_donors, train_runs
-from .cache import DonorCache
+from .cache import DonorCache, model_digest
 from .donors import cached_donor, donor_data, fresh_donor, save_donor, train_donor
 from .engines import torch_threads
 from .group import DONORS, Group, GroupState
@@ -102,6 +102,8 @@ def _obtain_donors(task: Task, donor: str, states: list[GroupState], engine, opt
             state.fail(status_of(err) if status_of(err) == "diverged" else "failed", f"source model: {error_text(err)}")
     for (state, _, _), trained in zip(missing, train_donors(engine, donor, missing)):
         if trained is not None:
+            if trained.digest is None:  # trained by the engine: the same digest as any other donor
+                trained.digest = model_digest(trained.model)
             state.donors[donor] = trained
             save_donor(task, donor, state.group.seed, trained, cache)
 

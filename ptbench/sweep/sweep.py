@@ -9,10 +9,11 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -20,7 +21,8 @@ from ptbench.api import RunResult, RunSpec
 from ptbench.sweep.execute import Executor, LocalExecutor
 from ptbench.run.group import group_specs
 from ptbench.run.options import RunOptions
-from ptbench.results.store import Store
+from ptbench.errors import PtbenchError
+from ptbench.results.store import LOCK_TIMEOUT_ENV, Store, StoreLocked
 from ptbench.sources import plugin_hash
 
 
@@ -89,18 +91,128 @@ def pending(specs: list[RunSpec], store: Store, force: bool = False, retry_faile
     return Pending(todo, hashes, changed, len(specs) - len(todo))
 
 
-def _write(store: Store, result: RunResult, hashes: dict[str, str]) -> RunResult:
+@dataclass
+class _Unwritten:
+    """Finished runs the store could not take yet (another process held it locked past the
+    lock timeout): kept in memory and in `store.unwritten_path`, written as soon as the store
+    is free again, never dropped. `say` prints a one-line notice (nothing when quiet)."""
+
+    say: Callable[[str], None] = lambda line: None
+    rows: list[dict] = field(default_factory=list)
+    not_kept: str | None = None  # why the file next to the store could not hold them either
+
+    def keep(self, store: Store, rows: list[dict]) -> None:
+        self.rows += rows
+        try:
+            store.keep_unwritten(rows)
+        except OSError as err:
+            self.not_kept = err.strerror or str(err)
+
+    def where(self, store: Store) -> str:
+        if self.not_kept is None:
+            return f"they are kept in {str(store.unwritten_path)!r}, which the next `ptbench run` with this store imports"
+        return f"they could not be kept in {str(store.unwritten_path)!r} either ({self.not_kept}), so the next run re-runs them"
+
+    def flush(self, store: Store, wait: float) -> bool:
+        """Write the kept runs (and any an earlier sweep left in the file); True when done.
+        With `wait=0` a store still locked costs one probe, not a read of the file."""
+        if wait == 0 and not store.free_now():
+            return False
+        try:
+            store.import_unwritten(self.rows, wait=wait)
+        except StoreLocked:
+            return False
+        except PtbenchError as err:
+            raise type(err)(f"{err}; {len(self.rows)} finished run(s) were not stored: {self.where(store)}") from None
+        self.say(f"ptbench: the store {store.where} is free again; the {len(self.rows)} run(s) kept meanwhile are stored")
+        self.rows, self.not_kept = [], None
+        return True
+
+    def finish(self, store: Store) -> None:
+        """At the end of a sweep: store what is kept, waiting up to the lock timeout, or
+        say how many finished runs could not be stored and where they are."""
+        if self.rows and not _retrying(lambda: self.flush(store, wait=store.lock_timeout), store.lock_timeout):
+            raise StoreLocked(
+                f"{len(self.rows)} finished run(s) could not be written to the store {store.where}: another process kept it "
+                f"locked for more than {store.lock_timeout:g} s; {self.where(store)} (set {LOCK_TIMEOUT_ENV} to wait longer)"
+            )
+
+
+def _retrying(attempt: Callable[[], bool], patience: float) -> bool:
+    """Call `attempt` until it returns True or `patience` seconds have passed, backing off
+    from 50 ms to 2 s between calls; whether it succeeded."""
+    deadline, delay = time.monotonic() + patience, 0.05
+    while True:
+        if attempt():
+            return True
+        if time.monotonic() + delay > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def _write(store: Store, result: RunResult, hashes: dict[str, str], unwritten: _Unwritten | None = None) -> RunResult:
     """Store a result; one the store cannot hold (a plugin's diagnostics that JSON cannot
     encode) is stored as failed with the reason, like any other plugin error, and the sweep
-    goes on."""
+    goes on. A store locked by another process is retried with backoff for its lock timeout;
+    past that the run is kept (`_Unwritten`) and the sweep goes on, trying again, without
+    waiting, at each later run. A full disk or a store that cannot be written stops the sweep
+    with one line (PtbenchError) saying how many finished runs were not stored."""
+    unwritten = unwritten if unwritten is not None else _Unwritten()
     result = replace(result, plugin_hash=hashes.get(result.key))
     try:
-        store.write(result)
-        return result
+        row = store.row(result)
     except (TypeError, ValueError) as err:
-        failed = replace(result, status="failed", error=f"result could not be stored: {err}", diagnostics={})
-        store.write(failed)
-        return failed
+        result = replace(result, status="failed", error=f"result could not be stored: {err}", diagnostics={})
+        row = store.row(result)
+    if unwritten.rows:  # already locked out: keep this one too, try them all once
+        unwritten.keep(store, [row])
+        unwritten.flush(store, wait=0)
+        return result
+
+    def attempt() -> bool:
+        try:
+            store.write_rows([row])
+        except StoreLocked:
+            return False
+        return True
+
+    try:
+        if _retrying(attempt, store.lock_timeout):
+            return result
+    except PtbenchError as err:  # a full disk, a read-only or damaged store: nothing more can be stored
+        unwritten.keep(store, [row])
+        raise type(err)(f"{err}; {len(unwritten.rows)} finished run(s) were not stored: {unwritten.where(store)}") from None
+    unwritten.keep(store, [row])
+    unwritten.say(
+        f"ptbench: the store {store.where} is locked by another process (waited {store.lock_timeout:g} s); "
+        f"finished runs are kept in {str(store.unwritten_path)!r} and stored once it is free"
+    )
+    return result
+
+
+def _open_for_sweep(store: Store, say: Callable[[str], None]) -> None:
+    """Before a sweep writes anything: refuse a damaged store, and import the runs an earlier
+    sweep could not write into it (so they are not run again)."""
+    store.check()
+    if not store.unwritten_path.exists():
+        return
+    imported: list[int] = []
+
+    def attempt() -> bool:
+        try:
+            imported.append(store.import_unwritten())
+        except StoreLocked:
+            return False
+        return True
+
+    if not _retrying(attempt, store.lock_timeout):
+        raise StoreLocked(
+            f"the store {store.where} is locked by another process (waited {store.lock_timeout:g} s); let that process "
+            f"finish and run again, or set {LOCK_TIMEOUT_ENV} to wait longer"
+        )
+    if imported[0]:
+        say(f"ptbench: imported {imported[0]} run(s) an earlier sweep could not store, from {str(store.unwritten_path)!r}")
 
 
 @contextmanager
@@ -129,6 +241,9 @@ def run_sweep(
     progress: bool = True,
     executor: Executor | None = None,
 ) -> SweepSummary:
+    say = (lambda line: tqdm.write(line, file=sys.stderr)) if progress else (lambda line: None)
+    _open_for_sweep(store, say)
+    unwritten = _Unwritten(say)
     plan = pending(specs, store, force, retry_failed)
     todo = plan.todo
     summary = SweepSummary(skipped=plan.skipped, changed=plan.changed)
@@ -139,12 +254,13 @@ def run_sweep(
     try:
         for result in executor.run(group_specs(todo), options):
             with _interrupt_after():  # a run is stored and counted, or neither
-                result = _write(store, result, plan.hashes)
+                result = _write(store, result, plan.hashes, unwritten)
                 summary.statuses[result.status] += 1
             bar.update(1)
             bar.set_postfix_str(f"{result.task[:40]} seed {result.seed}", refresh=False)
             if result.status != "ok":
                 bar.write(f"{result.status}: {result.task} / {result.strategy} / seed {result.seed}: {result.error}", file=sys.stderr)
+        unwritten.finish(store)
     except KeyboardInterrupt:
         raise SweepInterrupted(summary) from None
     finally:
