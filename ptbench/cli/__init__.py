@@ -1,13 +1,15 @@
 """`python -m ptbench COMMAND`: the command line, assembled from `ptbench.cli`.
 
 A PtbenchError (a user's mistake) is printed as one line and exits with status 2; anything
-else is a bug and keeps its traceback.
+else is a bug and keeps its traceback. A reader that closes the pipe early (`show --json RUN
+| head -1`) ends the command quietly, with the shell's status for it (141: SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -15,6 +17,8 @@ from ptbench import __version__
 from ptbench.errors import PtbenchError
 
 ORDER = ["run", "list", "leaderboard", "export", "compare", "show", "submit"]
+#: The exit status after the reader closed the pipe (128 + SIGPIPE, as a shell reports it).
+EXIT_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,15 +26,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ptbench: error: {message} (see --help)\n")
 
 
-def _command_modules():
+def _command_names() -> list[str]:
     import ptbench.cli as package
 
     names = [i.name for i in pkgutil.iter_modules(package.__path__) if not i.name.startswith("_")]
-    names.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+def _command_modules(only: str | None = None):
+    """The command modules; `only`: just that one (a command imports what it needs, and
+    some need torch: `run --seeds 1000000000` is refused before any of it is imported)."""
+    names = _command_names()
+    if only in names:
+        names = [only]
     return [importlib.import_module(f"ptbench.cli.{n}") for n in names]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m ptbench",
         description="ptbench: does inheriting a trained model's parameters help a new task, or hurt it? "
@@ -39,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ptbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in _command_modules():
+    for module in _command_modules(only):
         p = sub.add_parser(
             module.NAME,
             help=module.HELP,
@@ -52,7 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else [*argv]  # (`list` here is the list command's module)
+    parser = build_parser(only=argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
@@ -65,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ptbench: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it again at exit raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (captured output, say)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

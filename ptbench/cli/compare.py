@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
@@ -15,6 +19,7 @@ from ptbench.results.query import select_spec
 from ptbench.results.stats import Interval, mean_ci, paired_deltas
 from ptbench.results.store import open_existing
 from ptbench.sweep.outputs import DEFAULT_STORE
+from ptbench.cli._common import HTML_LIBS, check_out_file, require, write_out
 
 NAME = "compare"
 HELP = "compare two stores, or two strategies in one store: paired differences per task"
@@ -31,10 +36,15 @@ variant per task (a parameter it leaves out takes its default). Two stores: give
 twice, e.g. `--store before.db --store after.db`, or `--metric target_seconds` for CPU
 against GPU.
 
+--format md (the default), csv or json (one row per compared pair of groups, numbers as
+numbers: the metric in its unit, % or s), latex (booktabs tables) or html (a page of the
+same tables); to standard output, or to the file --out names.
+
 examples (on the store the quick suite leaves):
   python -m ptbench compare --strategy full --strategy 'partial-filters[fraction=0.5]'
   python -m ptbench compare --strategy scratch --strategy 'full[freeze=True]' --metric target_seconds
   python -m ptbench compare --strategy full --strategy l2-sp --task digits-split --out results/compare.md
+  python -m ptbench compare --strategy scratch --strategy full --format csv
 """
 
 METRICS = {
@@ -54,7 +64,24 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="with one store: exactly two, compared with each other; with two stores: only these")
     p.add_argument("--task", action="append", default=[], metavar="SPEC", help="only tasks matching SPEC (repeatable)")
     p.add_argument("--metric", default="target_acc", choices=sorted(METRICS), help="what to compare (default: target_acc)")
-    p.add_argument("--out", default=None, metavar="FILE", help="write the markdown here (default: standard output)")
+    p.add_argument("--format", default="md", choices=FORMATS, help="md, csv, json, latex or html (default: md)")
+    p.add_argument("--out", default=None, metavar="FILE", help="write the comparison here (default: standard output)")
+
+
+FORMATS = ["md", "csv", "json", "latex", "html"]
+
+
+@dataclass
+class Comparison:
+    """One comparison: its markdown page, and the same tables as data for the other formats."""
+
+    markdown: str
+    title: str
+    metric: str
+    notes: list[str] = field(default_factory=list)
+    #: (heading or "", headers, display rows) per table
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per row, numbers as numbers
 
 
 # --------------------------------------------------------------------------- selecting runs
@@ -84,6 +111,15 @@ def _ok(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _fmt(interval: Interval, metric: str, signed: bool = False) -> str:
     scale, decimals, _, _ = METRICS[metric]
     return interval.fmt(scale=scale, decimals=decimals, signed=signed)
+
+
+def _values(prefix: str, interval: Interval, metric: str) -> dict[str, float | None]:
+    scale = METRICS[metric][0]
+
+    def number(v: float) -> float | None:
+        return None if interval.n == 0 or not math.isfinite(v) else float(v) * scale
+
+    return {prefix: number(interval.mean), f"{prefix}_low": number(interval.low), f"{prefix}_high": number(interval.high)}
 
 
 def _verdict(delta: Interval) -> str:
@@ -118,6 +154,11 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def compare_stores(path_a: str, path_b: str, tasks: list[str], strategies: list[str], metric: str) -> str:
+    """The comparison's markdown page."""
+    return stores_comparison(path_a, path_b, tasks, strategies, metric).markdown
+
+
+def stores_comparison(path_a: str, path_b: str, tasks: list[str], strategies: list[str], metric: str) -> Comparison:
     all_a, a = _ok(path_a)
     all_b, b = _ok(path_b)
     registry = default_registry()
@@ -140,8 +181,11 @@ def compare_stores(path_a: str, path_b: str, tasks: list[str], strategies: list[
         "excludes zero. " + _unpaired(a, b, pairs),
         "",
     ]
+    result = Comparison("", lines[0][2:], metric, [line for line in lines[2:] if line])
     if pairs.empty:
-        return "\n".join(lines + ["No runs are in both stores: nothing to compare.", ""])
+        result.notes.append("No runs are in both stores: nothing to compare.")
+        result.markdown = "\n".join(lines + ["No runs are in both stores: nothing to compare.", ""])
+        return result
     summary_at = len(lines)
     verdicts = {"higher": 0, "lower": 0}
     for task, group in pairs.groupby("task", sort=True):
@@ -150,17 +194,22 @@ def compare_stores(path_a: str, path_b: str, tasks: list[str], strategies: list[
             delta = mean_ci(g["delta"])
             verdict = _verdict(delta)
             verdicts[verdict] = verdicts.get(verdict, 0) + 1
+            below = int((g["delta"] < 0).sum())
             body.append([f"`{strategy}`", _fmt(mean_ci(g["a"]), metric), _fmt(mean_ci(g["b"]), metric),
-                         _fmt(delta, metric, signed=True), str(len(g)), f"{int((g['delta'] < 0).sum())}/{len(g)}", verdict])
+                         _fmt(delta, metric, signed=True), str(len(g)), f"{below}/{len(g)}", verdict])
+            result.records.append({"task": task, "strategy": strategy, "metric": metric, **_values("a", mean_ci(g["a"]), metric),
+                                   **_values("b", mean_ci(g["b"]), metric), **_values("b_minus_a", delta, metric),
+                                   "pairs": len(g), "seeds_b_below_a": below, "verdict": verdict})
         headers = ["strategy", f"A {unit} [95% CI]", f"B {unit} [95% CI]", f"B − A ({dunit}) [95% CI]", "pairs", "seeds B < A", "B vs A"]
         lines += [f"## `{task}`", "", _table(body, headers), ""]
+        result.tables.append((task, headers, body))
     total = pairs.groupby(["task", "strategy"]).ngroups
-    lines[summary_at:summary_at] = [
-        f"Summary: of {total} (task, strategy) combinations, B is higher in {verdicts['higher']} and lower in "
-        f"{verdicts['lower']} beyond seed noise.",
-        "",
-    ]
-    return "\n".join(lines)
+    summary = (f"Summary: of {total} (task, strategy) combinations, B is higher in {verdicts['higher']} and lower in "
+               f"{verdicts['lower']} beyond seed noise.")
+    lines[summary_at:summary_at] = [summary, ""]
+    result.notes.append(summary)
+    result.markdown = "\n".join(lines)
+    return result
 
 
 def _unpaired(a: pd.DataFrame, b: pd.DataFrame, pairs: pd.DataFrame) -> str:
@@ -188,6 +237,11 @@ def _one_variant(rows: pd.DataFrame, spec: str) -> pd.DataFrame:
 
 
 def compare_strategies(path: str, spec_a: str, spec_b: str, tasks: list[str], metric: str) -> str:
+    """The comparison's markdown page."""
+    return strategies_comparison(path, spec_a, spec_b, tasks, metric).markdown
+
+
+def strategies_comparison(path: str, spec_a: str, spec_b: str, tasks: list[str], metric: str) -> Comparison:
     all_runs, ok = _ok(path)
     registry = default_registry()
     ok = select(ok, "task", tasks, registry)
@@ -208,41 +262,117 @@ def compare_strategies(path: str, spec_a: str, spec_b: str, tasks: list[str], me
         "seeds; *higher*/*lower* means the interval excludes zero. " + _unpaired(a, b, pairs),
         "",
     ]
+    result = Comparison("", lines[0][2:], metric, [line for line in lines[2:] if line])
     if pairs.empty:
-        return "\n".join(lines + ["The two strategies share no (task, seed): nothing to compare.", ""])
+        result.notes.append("The two strategies share no (task, seed): nothing to compare.")
+        result.markdown = "\n".join(lines + ["The two strategies share no (task, seed): nothing to compare.", ""])
+        return result
     names = {t: (g["strategy"].iloc[0]) for t, g in a.groupby("task")}
     names_b = {t: (g["strategy"].iloc[0]) for t, g in b.groupby("task")}
     body = []
     for task, g in pairs.groupby("task", sort=True):
         delta = mean_ci(g["delta"])
+        below = int((g["delta"] < 0).sum())
         body.append([f"`{task}`", f"`{names[task]}`", _fmt(mean_ci(g["a"]), metric), f"`{names_b[task]}`", _fmt(mean_ci(g["b"]), metric),
-                     _fmt(delta, metric, signed=True), str(len(g)), f"{int((g['delta'] < 0).sum())}/{len(g)}", _verdict(delta)])
+                     _fmt(delta, metric, signed=True), str(len(g)), f"{below}/{len(g)}", _verdict(delta)])
+        result.records.append({"task": task, "strategy_a": names[task], "strategy_b": names_b[task], "metric": metric,
+                               **_values("a", mean_ci(g["a"]), metric), **_values("b", mean_ci(g["b"]), metric),
+                               **_values("b_minus_a", delta, metric), "pairs": len(g), "seeds_b_below_a": below,
+                               "verdict": _verdict(delta)})
     headers = ["task", "A", f"A {unit} [95% CI]", "B", f"B {unit} [95% CI]", f"B − A ({dunit}) [95% CI]", "pairs", "seeds B < A", "B vs A"]
     lines += [_table(body, headers), ""]
-    return "\n".join(lines)
+    result.tables.append(("", headers, body))
+    result.markdown = "\n".join(lines)
+    return result
 
 
 # --------------------------------------------------------------------------- entry point
 
 
+def render(result: Comparison, fmt: str) -> str:
+    """The comparison in one of FORMATS."""
+    if fmt == "md":
+        return result.markdown
+    if fmt == "csv":
+        return pd.DataFrame.from_records(result.records).to_csv(index=False) if result.records else "task\n"
+    if fmt == "json":
+        _, _, unit, dunit = METRICS[result.metric]
+        return json.dumps({"title": result.title, "metric": result.metric, "unit": unit, "difference_unit": dunit,
+                           "notes": result.notes, "rows": result.records}, indent=1) + "\n"
+    if fmt == "latex":
+        return _latex(result)
+    if fmt == "html":
+        return _html(result)
+    raise PtbenchError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+
+
+def _plain(cell: str) -> str:
+    return cell[1:-1] if len(cell) > 1 and cell.startswith("`") and cell.endswith("`") else cell
+
+
+def _latex(result: Comparison) -> str:
+    from ptbench.results.leaderboard import _latex_escape
+
+    lines = [f"% {result.title}: generated by ptbench compare; needs \\usepackage{{booktabs}}", ""]
+    for heading, headers, rows in result.tables:
+        text = tabulate([[_plain(c) for c in row] for row in rows], headers=[f"@@H{i}@@" for i in range(len(headers))],
+                        tablefmt="latex_booktabs", disable_numparse=True)
+        for i, h in enumerate(headers):
+            text = text.replace(f"@@H{i}@@", _latex_escape(h).replace("−", "$-$"))
+        lines += ["\\begin{table}[ht]", "\\centering", "\\small",
+                  f"\\caption{{{_latex_escape(heading or result.title)}}}", text.replace("−", "$-$"), "\\end{table}", ""]
+    if not result.tables:
+        lines += [f"% {note}" for note in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="ptbench"><title>{{ title }}</title>
+<style>body{font-family:system-ui,sans-serif;margin:1.5rem auto;max-width:80rem;padding:0 1rem;color:#1d2330}
+table{border-collapse:collapse;margin:0.5rem 0 1.5rem}th,td{border:1px solid #d9dde5;padding:0.3rem 0.55rem;text-align:left}
+thead th{background:#f2f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}code{font-size:0.92em}</style>
+</head><body>
+<h1>{{ title }}</h1>
+{% for note in notes %}<p>{{ note }}</p>
+{% endfor %}
+{% for heading, headers, rows in tables %}
+{% if heading %}<h2><code>{{ heading }}</code></h2>{% endif %}
+<table><thead><tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+{% for row in rows %}<tr>{% for cell in row %}<td{% if not loop.first and cell[:1] != "`" %} class="num"{% endif %}>{% if cell[:1] == "`" %}<code>{{ cell[1:-1] }}</code>{% else %}{{ cell }}{% endif %}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table>
+{% endfor %}
+</body></html>
+"""
+
+
+def _html(result: Comparison) -> str:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    notes = [note.replace("`", "").replace("*", "") for note in result.notes]
+    return env.from_string(_PAGE).render(title=result.title.replace("`", ""), notes=notes, tables=result.tables)
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.out:
+        check_out_file(args.out)  # before reading anything
+    if args.format == "html":
+        require((HTML_LIBS[0][:1], HTML_LIBS[1]), "--format html")
     stores = args.store or [str(DEFAULT_STORE)]
     if len(stores) > 2:
         raise PtbenchError(f"compare takes one or two --store, got {len(stores)}")
     if len(stores) == 2:
-        text = compare_stores(stores[0], stores[1], args.task, args.strategy, args.metric)
+        result = stores_comparison(stores[0], stores[1], args.task, args.strategy, args.metric)
     else:
         if len(args.strategy) != 2:
             raise PtbenchError(
                 "with one store, give exactly two --strategy SPECs to compare (or a second --store to compare stores); "
                 f"got {len(args.strategy)}"
             )
-        text = compare_strategies(stores[0], args.strategy[0], args.strategy[1], args.task, args.metric)
+        result = strategies_comparison(stores[0], args.strategy[0], args.strategy[1], args.task, args.metric)
+    text = render(result, args.format)
     if args.out:
-        try:
-            Path(args.out).write_text(text)
-        except OSError as err:
-            raise PtbenchError(f"cannot write {args.out!r}: {err.strerror}; pass another --out") from None
+        write_out(args.out, text)
         print(args.out)
     else:
         sys.stdout.write(text)

@@ -9,8 +9,8 @@ from ptbench.registry import default_registry
 from ptbench.results.suite_report import load_report, write_report
 from ptbench.results.store import open_existing
 from ptbench.sweep.outputs import outputs_for
-from ptbench.sweep.plan import builtin_suites, expand, load_suite
-from ptbench.cli._common import add_plugins
+from ptbench.sweep.plan import builtin_suites, check_size, expand, load_suite, seeds_overridden
+from ptbench.cli._common import add_plugins, add_seeds
 
 NAME = "report"
 HELP = "write a suite's report pages (e.g. the paper suite's plots) from the store"
@@ -25,7 +25,7 @@ examples:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="paper", metavar="NAME|FILE", help="built-in suite name or a suite .toml (default: paper)")
-    p.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default: the suite's)")
+    add_seeds(p)
     p.add_argument("--store", default=None, metavar="PATH", help="SQLite results store (default: results/SUITE.db)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: the suite's leaderboard folder)")
     add_plugins(p)
@@ -38,8 +38,9 @@ def main(args: argparse.Namespace) -> int:
             f"suite {suite.name!r} has no report; `python -m ptbench leaderboard` writes the tables every suite gets"
         )
     load_report(suite.report)  # a wrong report key is reported before anything is read
+    check_size(suite, seeds=args.seeds)
     specs = expand(suite, default_registry(args.plugin), seeds=args.seeds)
-    where = outputs_for(suite.name, suite.name in builtin_suites(), False, args.seeds not in (None, suite.seeds), args.store, args.out)
+    where = outputs_for(suite.name, suite.name in builtin_suites(), False, seeds_overridden(args.seeds, suite), args.store, args.out)
     with open_existing(where.store) as store:
         runs = store.frame()
     written = write_report(suite.report, runs, specs, where.leaderboard, suite.baseline)

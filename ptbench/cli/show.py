@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
 
+from ptbench.errors import PtbenchError
 from ptbench.registry import default_registry
+from ptbench.results import glossary
 from ptbench.results.query import find_run
 from ptbench.results.store import open_existing
 from ptbench.cli._common import add_store
@@ -28,17 +31,22 @@ a task SPEC that matches nothing that way matches any settings of what it leaves
 any part of a key or name that only one run contains. When several runs match, they are
 listed.
 
+--legend prints the glossary the leaderboard ends with: every column, and every diagnostic
+name (of RUN, or of the store's runs; of every name ptbench knows when there is no store).
+
 examples (on the store the quick suite leaves, results/quick.db):
   python -m ptbench show 'digits-split|full|0'
+  python -m ptbench show --legend
   python -m ptbench show 'digits-split[width=8,source_steps=200,target_steps=60]|partial-filters[fraction=0.5,freeze=False]|3'
   python -m ptbench show --json 'digits-split|scratch|4'
 """
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run key, TASK|STRATEGY|SEED, or a part of either that names one run")
+    p.add_argument("run", metavar="RUN", nargs="?", help="run key, TASK|STRATEGY|SEED, or a part of either that names one run")
     add_store(p)
     p.add_argument("--json", action="store_true", help="the whole record as JSON (trajectories included)")
+    p.add_argument("--legend", action="store_true", help="print what every column and diagnostic name means")
 
 
 def _number(value: Any) -> str:
@@ -119,7 +127,26 @@ def _jsonable(run: pd.Series) -> dict[str, Any]:
     return out
 
 
+def legend(runs: pd.DataFrame | None, baseline: str = "scratch") -> str:
+    """The glossary as plain text: of these runs' diagnostics, or of every known name."""
+    g = glossary.glossary(runs, baseline, every=runs is None)
+    return glossary.plain(g)
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.legend:
+        runs = None
+        if Path(args.store).is_file():
+            with open_existing(args.store) as store:
+                runs = store.frame()
+            if args.run:
+                runs = find_run(runs, args.run, default_registry()).to_frame().T
+        elif args.run:
+            raise PtbenchError(f"no results store at {args.store!r}; `show --legend` without RUN prints every known name")
+        print(legend(runs), end="")
+        return 0
+    if not args.run:
+        raise PtbenchError("give the RUN to show (a key, TASK|STRATEGY|SEED, or part of one), or --legend")
     with open_existing(args.store) as store:
         runs = store.frame()
     run = find_run(runs, args.run, default_registry())

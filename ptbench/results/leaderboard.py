@@ -3,20 +3,28 @@
 Every number is a mean over seeds with its 95% interval, and every strategy is also shown as
 a paired difference to the baseline, because "transfer helps" is a claim about that
 difference, not about two overlapping accuracy intervals.
+
+A suite's task labels (`[labels]`, see `ptbench.sweep.plan`) head the task sections, with the
+full instance name under them; the page ends with the glossary (`ptbench.results.glossary`).
+The same summary is also given as csv, json or LaTeX (`render_table`), and as the HTML site
+(`write_html`, rewritten on the same rule as the markdown page).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 from tabulate import tabulate
 
 from ptbench.errors import PtbenchError
+from ptbench.results import glossary as gl
 from ptbench.results import markdown as md
-from ptbench.results.stats import overall_ranks, summarize
+from ptbench.results.stats import Interval, overall_ranks, summarize
 
 HEADERS = [
     "strategy",
@@ -49,10 +57,46 @@ def task_table(rows: pd.DataFrame, baseline: str, stable: bool = False) -> str:
     return tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True)
 
 
-def failures_table(runs: pd.DataFrame) -> str:
+def label_text(label: str) -> str:
+    """A suite's label as markdown text: escaped like any text, but `->` stays readable (a
+    lone `>` starts no tag, and a label never starts a line)."""
+    return md.text(label).replace("&gt;", ">")
+
+
+def task_cell(task: str, labels: dict[str, str] | None) -> str:
+    """A task in a table cell: its label with the instance name next to it, or the name."""
+    label = (labels or {}).get(task)
+    return f"{label_text(label)} ({md.code(task)})" if label else md.code(task)
+
+
+def failures_table(runs: pd.DataFrame, labels: dict[str, str] | None = None) -> str:
     bad = runs[runs["status"] != "ok"]
-    body = [[md.code(r.task), md.code(r.strategy), r.seed, md.text(r.status), md.text(r.error or "", md.ERROR_CAP)] for r in bad.itertuples()]
+    body = [[task_cell(r.task, labels), md.code(r.strategy), r.seed, md.text(r.status), md.text(r.error or "", md.ERROR_CAP)]
+            for r in bad.itertuples()]
     return tabulate(body, headers=["task", "strategy", "seed", "status", "error"], tablefmt="pipe", disable_numparse=True)
+
+
+def task_heading(task: str, labels: dict[str, str] | None) -> list[str]:
+    """A task section's heading: `## label` and the instance name on the line under it
+    (markdown has no hover), or `## name` when the task has no label."""
+    label = (labels or {}).get(task)
+    if not label:
+        return [f"## {md.code(task)}", ""]
+    return [f"## {label_text(label)}", "", md.code(task), ""]
+
+
+def _prose(text: str) -> str:
+    """Running text (the glossary's) escaped like `md.text`, but whole and with its spaces."""
+    import html
+
+    out = html.escape(str(text), quote=False).replace("&gt;", ">")
+    for char in "\\`*_[]|":
+        out = out.replace(char, "\\" + char)
+    return " ".join(out.split("\n"))
+
+
+def glossary_section(runs: pd.DataFrame, baseline: str) -> str:
+    return gl.markdown(gl.glossary(runs, baseline), escape=_prose, code=md.code)
 
 
 def render(
@@ -61,11 +105,13 @@ def render(
     title: str = "ptbench leaderboard",
     sections: Sequence[Callable[[pd.DataFrame], str | None]] = (),
     stable: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> str:
     """The whole leaderboard page. `sections` are extra renderers (a strategy's
     `leaderboard_section`, say) given the summary table; those returning None are skipped.
     `stable` leaves out what changes from machine to machine with equal results (the
-    seconds column, the provenance line): its digest says whether the results changed."""
+    seconds column, the provenance line): its digest says whether the results changed.
+    `labels` maps task instance names to the suite's labels for them."""
     lines = [f"# {md.text(title)}", ""]
     if runs.empty:
         return "\n".join(lines + ["No runs in the store yet: `python -m ptbench run`.", ""])
@@ -96,13 +142,14 @@ def render(
     if not table.empty:
         lines += ranking(overall_ranks(table), table["task"].nunique())
         for task, rows in table.groupby("task", sort=True):
-            lines += [f"## {md.code(task)}", "", task_table(rows, baseline, stable), ""]
+            lines += task_heading(task, labels) + [task_table(rows, baseline, stable), ""]
         for section in sections:
             text = section(table)
             if text:
                 lines += [text.rstrip(), ""]
     if (runs["status"] != "ok").any():
-        lines += ["## Failed runs", "", failures_table(runs), ""]
+        lines += ["## Failed runs", "", failures_table(runs, labels), ""]
+    lines += [glossary_section(runs, baseline), ""]
     return "\n".join(lines)
 
 
@@ -155,10 +202,7 @@ def write_page(path: Path, page: str, stable_page: str) -> bool:
     return True
 
 
-def write(
-    runs: pd.DataFrame, out_dir: str | Path, baseline: str = "scratch", registry=None, title: str = "ptbench leaderboard"
-) -> tuple[Path, bool]:
-    """Write out_dir/README.md; (its path, whether it was rewritten)."""
+def _folder(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise PtbenchError(f"the leaderboard folder {str(out)!r} is a file; pass a folder")
@@ -166,7 +210,145 @@ def write(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PtbenchError(f"cannot create the leaderboard folder {str(out)!r}: {err.strerror}") from None
+    return out
+
+
+def write(
+    runs: pd.DataFrame, out_dir: str | Path, baseline: str = "scratch", registry=None, title: str = "ptbench leaderboard",
+    labels: dict[str, str] | None = None,
+) -> tuple[Path, bool]:
+    """Write out_dir/README.md; (its path, whether it was rewritten)."""
+    out = _folder(out_dir)
     sections = strategy_sections(registry, runs) if registry is not None else []
     path = out / "README.md"
-    page = render(runs, baseline, title, sections)
-    return path, write_page(path, page, render(runs, baseline, title, sections, stable=True))
+    page = render(runs, baseline, title, sections, labels=labels)
+    return path, write_page(path, page, render(runs, baseline, title, sections, stable=True, labels=labels))
+
+
+def write_html(
+    runs: pd.DataFrame, out_dir: str | Path, baseline: str = "scratch", registry=None, title: str = "ptbench leaderboard",
+    labels: dict[str, str] | None = None, plots: Iterable[Path] = (), force: bool = False,
+) -> tuple[Path, bool]:
+    """Write the HTML site (out_dir/index.html, out_dir/runs/, out_dir/plotly.min.js) on the
+    markdown page's rule: not when the index there already shows the same results (its
+    digest comment matches), unless `force`. (index path, whether it was written). Needs
+    Jinja2 and plotly (a PtbenchError says how to install them)."""
+    from ptbench.results.html import write_site
+    from ptbench.results.html.site import site_version
+
+    out = _folder(out_dir)
+    sections = strategy_sections(registry, runs) if registry is not None else []
+    digest = results_digest(render(runs, baseline, title, sections, stable=True, labels=labels))
+    mark = f"{DIGEST_MARK}{digest} (results only: timings and provenance are left out), site {site_version()} -->"
+    index = out / "index.html"
+    try:
+        if not force and index.is_file() and mark in index.read_text(encoding="utf-8", errors="replace")[-2000:]:
+            return index, False
+    except OSError:
+        pass
+    table = summarize(runs, baseline) if not runs.empty else pd.DataFrame()
+    extra = [text for section in sections if not table.empty and (text := section(table))]
+    return write_site(runs, out, baseline, title, labels=labels, plots=plots, sections_md=extra, stamp=mark), True
+
+
+# --------------------------------------------------------------------------- csv, json, latex
+
+#: The formats `render_table` writes (md and html are pages of their own).
+TABLE_FORMATS = ("csv", "json", "latex")
+
+
+def _number(value: Any, scale: float = 1.0) -> float | None:
+    try:
+        out = float(value) * scale
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _interval(prefix: str, ci: Interval, scale: float = 100.0) -> dict[str, Any]:
+    empty = ci.n == 0
+    return {
+        prefix: None if empty else _number(ci.mean, scale),
+        f"{prefix}_low": None if empty else _number(ci.low, scale),
+        f"{prefix}_high": None if empty else _number(ci.high, scale),
+    }
+
+
+def summary_records(runs: pd.DataFrame, baseline: str = "scratch", labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One record per (task, strategy), in the page's order, with the page's numbers as
+    numbers: percentages (target_acc_pct, delta_pp, ...) with their 95% bounds, the
+    negative-transfer count, seconds, seeds and the overall mean rank."""
+    table = summarize(runs, baseline) if not runs.empty else pd.DataFrame()
+    if table.empty:
+        return []
+    ranks = overall_ranks(table).set_index("strategy")
+    records = []
+    for task, rows in table.groupby("task", sort=True):
+        for _, r in rows.sort_values("acc_mean", ascending=False).iterrows():
+            neg: Interval = r["negative"]
+            records.append({
+                "task": task,
+                "label": (labels or {}).get(task, ""),
+                "strategy": r["strategy"],
+                **_interval("target_acc_pct", r["acc"]),
+                **_interval(f"delta_vs_{baseline}_pp", r["delta"]),
+                "negative_seeds": int(r["negative_k"]),
+                "paired_seeds": int(neg.n),
+                **_interval("negative_rate_pct", neg),
+                **_interval("source_acc_pct", r["source_acc"]),
+                "seconds": _number(r["seconds"]),
+                "seeds": int(r["seeds"]),
+                "rank_on_task": _number(r["rank"]),
+                "mean_rank": _number(ranks.loc[r["strategy"], "mean_rank"]),
+            })
+    return records
+
+
+def render_table(runs: pd.DataFrame, fmt: str, baseline: str = "scratch", labels: dict[str, str] | None = None,
+                 title: str = "ptbench leaderboard") -> str:
+    """The leaderboard's summary as csv (one row per task and strategy), json (the same
+    records) or LaTeX (one booktabs table per task, as on the page)."""
+    records = summary_records(runs, baseline, labels)
+    if fmt == "csv":
+        frame = pd.DataFrame.from_records(records, columns=list(records[0]) if records else ["task", "strategy"])
+        return frame.to_csv(index=False)
+    if fmt == "json":
+        return json.dumps({"title": title, "baseline": baseline, "rows": records}, indent=1) + "\n"
+    if fmt == "latex":
+        return _latex(runs, baseline, labels, title)
+    raise PtbenchError(f"unknown leaderboard format {fmt!r}; valid: md, html, {', '.join(TABLE_FORMATS)}")
+
+
+def _latex(runs: pd.DataFrame, baseline: str, labels: dict[str, str] | None, title: str) -> str:
+    table = summarize(runs, baseline) if not runs.empty else pd.DataFrame()
+    lines = [f"% {title}: generated by ptbench (python -m ptbench leaderboard --format latex); needs \\usepackage{{booktabs}}", ""]
+    if table.empty:
+        return "\n".join(lines + ["% no ok runs", ""])
+    headers = [h.format(baseline=baseline).replace("%", "\\%").replace("Δ", "$\\Delta$") for h in HEADERS]
+    for task, rows in table.groupby("task", sort=True):
+        body = []
+        for _, r in rows.sort_values("acc_mean", ascending=False).iterrows():
+            neg = r["negative"]
+            incidence = "n/a" if neg.n == 0 else f"{r['negative_k']}/{neg.n} [{neg.low * 100:.0f}, {neg.high * 100:.0f}]%"
+            body.append([r["strategy"], r["acc"].fmt(), r["delta"].fmt(signed=True), incidence, r["source_acc"].fmt(),
+                         f"{r['seconds']:.2f}", r["seeds"]])
+        caption = (labels or {}).get(task) or task
+        text = tabulate(body, headers=["@@H%d@@" % i for i in range(len(headers))], tablefmt="latex_booktabs",
+                        disable_numparse=True)
+        for i, h in enumerate(headers):
+            text = text.replace("@@H%d@@" % i, h)
+        lines += [
+            "\\begin{table}[ht]", "\\centering", "\\small",
+            f"\\caption{{{_latex_escape(caption)}}}" + (f" % {task}" if caption != task else ""),
+            text, "\\end{table}", "",
+        ]
+    return "\n".join(lines)
+
+
+def _latex_escape(text: str) -> str:
+    out = []
+    for char in str(text):
+        out.append({"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
+                    "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
+                    "<": "\\textless{}", ">": "\\textgreater{}"}.get(char, char))
+    return "".join(out)

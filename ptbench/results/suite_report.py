@@ -35,6 +35,20 @@ def load_report(ref: str) -> ReportFunction:
     return function
 
 
+#: What a report needs when its module does not say (`REQUIRES`): the plots' library.
+DEFAULT_REQUIRES = (("matplotlib",), "pip install 'ptbench[plot]'")
+
+
+def report_requires(ref: str) -> tuple[tuple[str, ...], str]:
+    """(modules, pip command) the report needs, checked before a sweep starts: the report
+    module's `REQUIRES = (("module", ...), "pip install ...")`, else matplotlib."""
+    module = importlib.import_module(ref.partition(":")[0])
+    declared = getattr(module, "REQUIRES", None)
+    if isinstance(declared, tuple) and len(declared) == 2 and isinstance(declared[1], str):
+        return tuple(declared[0]), declared[1]
+    return DEFAULT_REQUIRES
+
+
 def suite_runs(runs: pd.DataFrame, specs: Iterable[RunSpec]) -> pd.DataFrame:
     """The stored runs that belong to these specs: matched by run key, or, for a spec whose
     key the store lacks, by (task, strategy, seed) instance names, so that runs stored before

@@ -9,29 +9,52 @@
     tasks = ["signal-noise[shared=2.0]"]
     strategies = ["scratch", "partial-filters[fraction=[0.25,0.5]]"]
 
+    [labels]                        # optional: short names for tasks in leaderboards
+    "signal-noise[shared=2.0]" = "strong shared signal"
+
 A bare `tasks`/`strategies` pair at the top level is one sweep. Built-in suites live in
-`suites/`; `--suite` takes a built-in name or a path.
+`suites/`; `--suite` takes a built-in name or a path. A label is keyed by a task SPEC exactly
+as a sweep writes it, or by a task instance name (as the leaderboard prints it); a SPEC
+that sweeps several variants labels each of them, with the swept values appended.
+
+Seeds are a count N (seeds 0..N-1) or, from the command line, an explicit list (`--seeds
+3-7`, `--seeds 0,2,4`). `count_runs` sizes a sweep from the parsed SPECs alone, so that an
+absurd one (`--seeds 1000000000`) is refused before anything is built.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence, Union
 
-from ptbench.api import RunSpec, Strategy, Task
 from ptbench.errors import PtbenchError, closest
-from ptbench.spec import parse_spec
-from ptbench.registry import Registry
+from ptbench.spec import format_value, parse_spec
+
+if TYPE_CHECKING:  # the plugin API imports torch: sizing a sweep must not wait for it
+    from ptbench.api import RunSpec, Strategy, Task
+    from ptbench.registry import Registry
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = {"description", "seeds", "baseline", "report", "sweep", "tasks", "strategies"}
+TOP_KEYS = {"description", "seeds", "baseline", "report", "sweep", "tasks", "strategies", "labels"}
 SWEEP_KEYS = {"tasks", "strategies", "seeds"}
+NEWLINE = b"\n"
+#: More planned runs than this are refused unless asked for (`run --allow-huge`).
+MAX_RUNS = 10**6
+#: The longest task label a suite may give (labels are headings, not descriptions).
+MAX_LABEL = 80
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+_REPORT_REF = re.compile(rf"{_IDENTIFIER}(\.{_IDENTIFIER})*:{_IDENTIFIER}")
+
+#: Seeds as a count (0..N-1) or an explicit sequence of seeds (a list, or a range).
+Seeds = Union[int, Sequence[int]]
 
 
 @dataclass
@@ -49,6 +72,8 @@ class Suite:
     baseline: str = "scratch"
     sweeps: list[Sweep] = field(default_factory=list)
     report: str | None = None  # "module:function" (see ptbench.results.suite_report)
+    #: task SPEC (as a sweep writes it) or task instance name -> a short label
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def suites_dir() -> Path:
@@ -72,12 +97,22 @@ def load_suite(name_or_path: str) -> Suite:
                 f"unknown suite {name_or_path!r}{closest(name_or_path, builtins)}; "
                 f"valid: {', '.join(builtins)} or a path to a .toml file"
             )
+    where = repr(str(path))
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise PtbenchError(f"suite file {str(path)!r} is not valid TOML: {err}") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PtbenchError(
+            f"suite file {where} is not UTF-8 text (byte {err.object[err.start]:#04x} on line "
+            f"{err.object[:err.start].count(NEWLINE) + 1}, offset {err.start}); save it as UTF-8"
+        ) from None
     except OSError as err:
-        raise PtbenchError(f"cannot read suite file {str(path)!r}: {err.strerror}") from None
+        raise PtbenchError(f"cannot read suite file {where}: {err.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise PtbenchError(f"suite file {where} is not valid TOML: {err}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise PtbenchError(f"suite file {where} nests arrays or tables too deeply to read; a suite needs at most a few levels") from None
     return parse_suite(raw, path.stem, str(path))
 
 
@@ -89,7 +124,12 @@ def parse_suite(raw: dict, name: str, where: str) -> Suite:
     seeds = raw.get("seeds", 5)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise PtbenchError(f"suite {where!r}: seeds must be a positive integer, got {seeds!r}")
-    sweeps_raw = list(raw.get("sweep", []))
+    sweeps_raw = raw.get("sweep", [])
+    if not isinstance(sweeps_raw, list):
+        raise PtbenchError(
+            f"suite {where!r}: sweep must be a list of tables, each under a [[sweep]] header, got {type(sweeps_raw).__name__} {sweeps_raw!r}"[:300]
+        )
+    sweeps_raw = list(sweeps_raw)
     if "tasks" in raw or "strategies" in raw:
         sweeps_raw.insert(0, {k: raw[k] for k in ("tasks", "strategies") if k in raw})
     if not sweeps_raw:
@@ -113,48 +153,175 @@ def parse_suite(raw: dict, name: str, where: str) -> Suite:
     if not isinstance(baseline, str) or not baseline:
         raise PtbenchError(f"suite {where!r}: baseline must be a strategy name such as \"scratch\", got {baseline!r}")
     report = raw.get("report")
-    if report is not None and (not isinstance(report, str) or ":" not in report):
-        raise PtbenchError(f"suite {where!r}: report must be a string 'module:function', got {report!r}")
+    if report is not None and (not isinstance(report, str) or not _REPORT_REF.fullmatch(report)):
+        raise PtbenchError(
+            f"suite {where!r}: report must be a string 'module:function' (a dotted module path and a function name, "
+            f"e.g. \"ptbench.reports.paper:write_report\"), got {report!r}"[:300]
+        )
+    labels = _labels(raw.get("labels", {}), where)
     return Suite(
-        name=name, description=str(raw.get("description", "")), seeds=seeds, baseline=baseline, sweeps=sweeps, report=report
+        name=name, description=str(raw.get("description", "")), seeds=seeds, baseline=baseline, sweeps=sweeps, report=report,
+        labels=labels,
     )
 
 
-def expand_task_specs(registry: Registry, specs: list[str]) -> list[Task]:
-    out: list[Task] = []
+def _labels(value: object, where: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise PtbenchError(f"suite {where!r}: labels must be a table of task SPEC = \"label\" (a [labels] section)")
+    out = {}
+    for key, label in value.items():
+        if not isinstance(label, str) or not label.strip() or "\n" in label or len(label) > MAX_LABEL:
+            raise PtbenchError(
+                f"suite {where!r}: the label of {key!r} must be one line of 1 to {MAX_LABEL} characters, got {label!r}"[:300]
+            )
+        out[str(key)] = label.strip()
+    return out
+
+
+def task_labels(suite: Suite, registry: "Registry") -> dict[str, str]:
+    """The suite's labels keyed by task instance name (what the store and leaderboards call
+    a task). A label keyed by a SPEC that sweeps several variants is given to each, with its
+    swept values appended: `digits (n_target=10)`. A key that names no task of the suite is
+    an error, so that a typo does not silently drop a label."""
+    if not suite.labels:
+        return {}
+    out: dict[str, str] = {}
+    instances: set[str] = set()
+    specs = list(dict.fromkeys(spec for sweep in suite.sweeps for spec in sweep.tasks))
+    for spec in specs:
+        name, fixed = parse_spec(spec)
+        tasks = registry.task(name).expand(fixed)
+        instances.update(t.instance_name for t in tasks)
+        if spec not in suite.labels:
+            continue
+        label = suite.labels[spec]
+        swept = [k for k, values in fixed.items() if len(values) > 1]
+        for task in tasks:
+            suffix = ", ".join(f"{k}={format_value(task.values[k])}" for k in swept)
+            out.setdefault(task.instance_name, f"{label} ({suffix})" if suffix else label)
+    for key, label in suite.labels.items():
+        if key in instances:
+            out[key] = label  # an instance name is the more specific key
+        elif key not in specs:
+            raise PtbenchError(
+                f"suite {suite.name!r}: the label key {key!r} is neither a task SPEC of its sweeps nor a task instance "
+                f"name{closest(key, specs + sorted(instances))}; copy the SPEC exactly as a sweep writes it"
+            )
+    return out
+
+
+def expand_task_specs(registry: "Registry", specs: list[str]) -> "list[Task]":
+    out: list = []
     for spec in specs:
         name, fixed = parse_spec(spec)
         out.extend(registry.task(name).expand(fixed))
     return out
 
 
-def expand_strategy_specs(registry: Registry, specs: list[str]) -> list[Strategy]:
-    out: list[Strategy] = []
+def expand_strategy_specs(registry: "Registry", specs: list[str]) -> "list[Strategy]":
+    out: list = []
     for spec in specs:
         name, fixed = parse_spec(spec)
         out.extend(registry.strategy(name).expand(fixed))
     return out
 
 
-def expand(
+def check_seeds(seeds: Seeds | None) -> None:
+    """A seed count must be positive; a list of seeds non-empty, of non-negative integers."""
+    if seeds is None:
+        return
+    if isinstance(seeds, (bool, str)) or not isinstance(seeds, (int, Sequence)):
+        raise PtbenchError(f"--seeds must be a positive integer or a list of seeds, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise PtbenchError(f"--seeds must be a positive integer, got {seeds}")
+        return
+    if len(seeds) == 0:
+        raise PtbenchError("--seeds names no seed; give N (seeds 0..N-1), A-B or A,B,C")
+    if isinstance(seeds, range):
+        bad = [s for s in (seeds[0], seeds[-1]) if s < 0]
+    else:
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise PtbenchError(f"--seeds: a seed is a non-negative integer, got {bad[0]!r}")
+
+
+def seed_list(seeds: Seeds | None, sweep: Sweep, suite: Suite) -> Sequence[int]:
+    """The seeds a sweep runs: an explicit list as given, else range(count)."""
+    if seeds is not None and not isinstance(seeds, int):
+        return seeds
+    return range(seeds or sweep.seeds or suite.seeds)
+
+
+def seeds_overridden(seeds: Seeds | None, suite: Suite) -> bool:
+    """Whether --seeds asks for other seeds than the suite's own (0..suite.seeds-1)."""
+    if seeds is None:
+        return False
+    if isinstance(seeds, int):
+        return seeds != suite.seeds
+    return len(seeds) != suite.seeds or list(seeds) != list(range(suite.seeds))
+
+
+def _spec_size(spec: str) -> int:
+    """How many instances a SPEC names: the product of its value lists' lengths."""
+    _, fixed = parse_spec(spec)
+    return math.prod(len(values) for values in fixed.values())
+
+
+def count_runs(
     suite: Suite,
-    registry: Registry,
     tasks: list[str] | None = None,
     strategies: list[str] | None = None,
-    seeds: int | None = None,
-) -> list[RunSpec]:
-    """RunSpecs of the suite, with command-line overrides; duplicates are dropped in order."""
-    if seeds is not None and seeds < 1:
-        raise PtbenchError(f"--seeds must be a positive integer, got {seeds}")
+    seeds: Seeds | None = None,
+) -> int:
+    """The runs `expand` would plan (before dropping duplicates between sweeps, so at least
+    as many), from the SPECs' value lists alone: nothing is imported or instantiated."""
+    check_seeds(seeds)
+    total = 0
+    for sweep in suite.sweeps:
+        n_tasks = sum(_spec_size(s) for s in tasks or sweep.tasks)
+        n_strategies = sum(_spec_size(s) for s in strategies or sweep.strategies)
+        total += n_tasks * n_strategies * len(seed_list(seeds, sweep, suite))
+    return total
+
+
+def check_size(
+    suite: Suite,
+    tasks: list[str] | None = None,
+    strategies: list[str] | None = None,
+    seeds: Seeds | None = None,
+    allow_huge: bool = False,
+) -> int:
+    """The planned run count; more than MAX_RUNS is refused (a PtbenchError) unless allowed."""
+    n = count_runs(suite, tasks, strategies, seeds)
+    if n > MAX_RUNS and not allow_huge:
+        raise PtbenchError(
+            f"this sweep plans {n:,} runs, more than {MAX_RUNS:,}: check --seeds and the SPECs' value lists, "
+            "or pass --allow-huge if you mean it"
+        )
+    return n
+
+
+def expand(
+    suite: Suite,
+    registry: "Registry",
+    tasks: list[str] | None = None,
+    strategies: list[str] | None = None,
+    seeds: Seeds | None = None,
+) -> "list[RunSpec]":
+    """RunSpecs of the suite, with command-line overrides; duplicates are dropped in order.
+    `seeds` is a count (0..N-1) or a list of seeds; None takes each sweep's (or the suite's)."""
+    from ptbench.api import RunSpec
+
+    check_seeds(seeds)
     specs: dict[str, RunSpec] = {}
     for sweep in suite.sweeps:
         task_list = expand_task_specs(registry, tasks or sweep.tasks)
         strategy_list = expand_strategy_specs(registry, strategies or sweep.strategies)
-        n_seeds = seeds or sweep.seeds or suite.seeds
         for task in task_list:
-            for seed in range(n_seeds):
+            for seed in seed_list(seeds, sweep, suite):
                 for strategy in strategy_list:
-                    spec = RunSpec(task, strategy, seed)
+                    spec = RunSpec(task, strategy, int(seed))
                     specs.setdefault(spec.key, spec)
     return list(specs.values())
 

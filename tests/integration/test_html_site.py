@@ -170,7 +170,7 @@ def test_site_in_a_real_browser(driver, site, tmp_path):  # driver first: skip b
     assert len(tasks) == runs["task"].nunique()
     heading = tasks[0].find_element(By.TAG_NAME, "h2")
     assert heading.text == "task 1" and heading.get_attribute("title").startswith("signal-noise[")
-    _charts_drawn(driver, len(tasks))  # plotly.js ran from the inline copy: one chart per task
+    _charts_drawn(driver, len(tasks))  # plotly.js ran from the site's one copy (plotly.min.js): one chart per task
     titles = [b.get_attribute("data-title") for b in driver.find_elements(By.CSS_SELECTOR, ".modebar-btn")]
     assert "Reset axes" in titles and not any("share" in (t or "").lower() for t in titles)  # no upload button
     if origin == "hand":  # the hostile name is text, and no script of it ran

@@ -52,6 +52,29 @@ def _mkdir(name: str) -> Callable[[Path], None]:
     return lambda tmp: (tmp / name).mkdir(parents=True)
 
 
+def _write_bytes(name: str, data: bytes) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / name).write_bytes(data)
+
+
+def _store_with_runs(path: Path) -> None:
+    """A store holding scratch and full on one task, two seeds (written by hand: no training)."""
+    from ptbench.api import RunResult
+    from ptbench.results.store import Store
+
+    with Store(path) as store:
+        for strategy, acc in (("scratch", 0.8), ("full", 0.9)):
+            for seed in range(2):
+                store.write(RunResult(task="toy", task_params={}, strategy=strategy, strategy_params={}, seed=seed,
+                                      key=f"toy|{strategy}|{seed}", source_acc=0.9, target_acc=acc + 0.01 * seed,
+                                      target_train_acc=1.0, source_seconds=0.1, target_seconds=0.1))
+
+
+#: A place nobody may write, root included (sysfs refuses new files).
+READ_ONLY = "/sys/ptbench-test"
+#: Two runs of a tiny task.
+SUITE = 'tasks = ["signal-noise[d=100,n_test=200,steps=50]"]\nstrategies = ["scratch"]\n'
+
+
 def run(*extra: str, task: str = TASK, strategy: str | None = "scratch", store: str = "s.db") -> list[str]:
     args = ["run", "--seeds", "1", "--store", store, "--quiet", "--no-leaderboard"]
     if task:
@@ -122,6 +145,55 @@ CASES = [
     ("data-dir-does-not-exist", None, run("--data-dir", "nowhere", task="mnist"),
      r"data directory 'nowhere' does not exist; pass --data-dir DIR"),
     ("data-dir-not-given", None, run(task="mnist"), r"mnist reads its files from disk: pass --data-dir DIR"),
+    # suite files that are not what a suite is
+    ("suite-not-utf8", _write_bytes("bad.toml", b'description = "caf\xe9"\n' + SUITE.encode()),
+     ["run", "--suite", "bad.toml", "--store", "s.db"], r"suite file 'bad.toml' is not UTF-8 text \(byte 0xe9 on line 1, offset 18\); save it as UTF-8"),
+    ("suite-sweep-not-tables", _write("bad.toml", "sweep = 5\n"), ["run", "--suite", "bad.toml", "--store", "s.db"],
+     r"sweep must be a list of tables, each under a \[\[sweep\]\] header, got int 5"),
+    ("suite-report-no-module", _write("bad.toml", 'report = ":f"\n' + SUITE), ["run", "--suite", "bad.toml", "--store", "s.db"],
+     r"report must be a string 'module:function' \(a dotted module path and a function name.*got ':f'"),
+    ("suite-report-not-identifiers", _write("bad.toml", 'report = "my-module:f()"\n' + SUITE),
+     ["run", "--suite", "bad.toml", "--store", "s.db"], r"report must be a string 'module:function'"),
+    ("suite-nested-1500-deep", _write("bad.toml", "x = " + "[" * 1500 + "]" * 1500 + "\n"),
+     ["run", "--suite", "bad.toml", "--store", "s.db"], r"suite file 'bad.toml' nests arrays or tables too deeply to read"),
+    ("suite-label-names-no-task", _write("bad.toml", SUITE + '[labels]\n"signal-noise[d=10]" = "tiny"\n'),
+     ["run", "--suite", "bad.toml", "--store", "s.db"], r"the label key 'signal-noise\[d=10\]' is neither a task SPEC"),
+    ("suite-label-not-text", _write("bad.toml", SUITE + '[labels]\n"signal-noise" = 3\n'),
+     ["run", "--suite", "bad.toml", "--store", "s.db"], r"the label of 'signal-noise' must be one line of 1 to 80 characters"),
+    # sweeps too big to mean, refused before anything is built
+    ("seeds-a-billion", None, run("--seeds", "1000000000"),
+     r"this sweep plans 1,000,000,000 runs, more than 1,000,000: .*or pass --allow-huge"),
+    ("seeds-huge-range", None, run("--seeds", "0-99999999", strategy="partial-filters[fraction=[0.25,0.5]]"),
+     r"this sweep plans 200,000,000 runs"),
+    ("seeds-backwards-range", None, run("--seeds", "7-3"), r"argument --seeds: '7-3': a range A-B needs A <= B"),
+    ("seeds-not-seeds", None, run("--seeds", "three"), r"argument --seeds: 'three' is not N \(seeds 0..N-1\), A-B"),
+    # output paths that cannot be written: a folder, a missing folder, a read-only place
+    ("export-out-is-a-folder", _mkdir("adir"), ["export", "--store", "s.db", "--out", "adir"],
+     r"--out 'adir' is a folder; give a file path such as 'adir/out.txt'"),
+    ("export-out-missing-folder", None, ["export", "--store", "s.db", "--out", "nowhere/runs.csv"],
+     r"--out 'nowhere/runs.csv': the folder 'nowhere' does not exist; create it or pass another --out"),
+    ("export-out-under-a-file", _write("afile", "x"), ["export", "--store", "s.db", "--out", "afile/runs.csv"],
+     r"--out 'afile/runs.csv': 'afile' is a file, not a folder"),
+    ("export-out-read-only", lambda tmp: _store_with_runs(tmp / "s.db"), ["export", "--store", "s.db", "--out", f"{READ_ONLY}.csv"],
+     rf"cannot write '{READ_ONLY}.csv': .*; pass another --out"),
+    ("compare-out-is-a-folder", _mkdir("adir"), ["compare", "--strategy", "scratch", "--strategy", "full", "--out", "adir"],
+     r"--out 'adir' is a folder"),
+    ("compare-out-missing-folder", None, ["compare", "--strategy", "scratch", "--strategy", "full", "--out", "no/c.md"],
+     r"the folder 'no' does not exist"),
+    ("compare-out-read-only", lambda tmp: _store_with_runs(tmp / "s.db"),
+     ["compare", "--store", "s.db", "--strategy", "scratch", "--strategy", "full", "--out", f"{READ_ONLY}.md"],
+     rf"cannot write '{READ_ONLY}.md': .*; pass another --out"),
+    ("leaderboard-out-is-a-file", _write("afile", "x"), ["leaderboard", "--store", "s.db", "--out", "afile"],
+     r"--out 'afile' is a file; pass a folder"),
+    ("leaderboard-table-out-is-a-folder", _mkdir("adir"), ["leaderboard", "--store", "s.db", "--format", "csv", "--out", "adir"],
+     r"--out 'adir' is a folder"),
+    ("leaderboard-table-out-missing-folder", None, ["leaderboard", "--store", "s.db", "--format", "json", "--out", "no/l.json"],
+     r"the folder 'no' does not exist"),
+    ("leaderboard-out-read-only", lambda tmp: _store_with_runs(tmp / "s.db"), ["leaderboard", "--store", "s.db", "--out", READ_ONLY],
+     rf"cannot create the leaderboard folder '{READ_ONLY}': "),
+    ("leaderboard-table-out-read-only", lambda tmp: _store_with_runs(tmp / "s.db"),
+     ["leaderboard", "--store", "s.db", "--format", "latex", "--out", f"{READ_ONLY}.tex"], rf"cannot write '{READ_ONLY}.tex': "),
+    ("run-log-file-is-a-folder", _mkdir("adir"), run("--log-file", "adir"), r"cannot write the log file 'adir': .*pass another --log-file"),
 ]
 
 

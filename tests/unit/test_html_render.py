@@ -201,12 +201,17 @@ def test_failures_plots_sections_and_charts(site):
     assert text.count("Plotly.newPlot(") >= 2  # one diagnostics chart per task
     assert text.count('id="diagnostics-1"') == 1 and text.count('id="diagnostics-2"') == 1
     assert text.count('"showSendToCloud": false') == text.count("Plotly.newPlot(")  # no upload button
-    assert "plotly.js v" in text.split("</head>")[0]  # plotly.js itself, inline in the head
+    # plotly.js once per site, next to the index, loaded by a relative path (works from file://)
+    assert '<script src="plotly.min.js"></script>' in text.split("</head>")[0]
+    assert "plotly.js v" in (out / "plotly.min.js").read_text(encoding="utf-8")[:2000]
+    assert "plotly.js v" not in text
     sizes = {p.name: p.stat().st_size for p in (out / "runs").glob("*.html")}
     traced = [p for p in (out / "runs").glob("*.html") if "Plotly.newPlot(" in p.read_text()]
-    assert len(traced) == 2  # the runs with a trajectory, and only those carry plotly.js
-    assert all(sizes[p.name] > 1_000_000 for p in traced)
-    assert sorted(sizes.values())[0] < 50_000
+    assert len(traced) == 2  # the runs with a trajectory, and only those load plotly.js
+    for page in (out / "runs").glob("*.html"):
+        head = page.read_text().split("</head>")[0]
+        assert ('<script src="../plotly.min.js"></script>' in head) == (page in traced)
+    assert max(sizes.values()) < 50_000 and index.stat().st_size < 200_000
 
 
 def test_empty_frame_still_writes_a_page(tmp_path):

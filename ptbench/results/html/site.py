@@ -6,8 +6,13 @@ index has sortable tables, one filter box for every table, the report's PNG plot
 and a small Plotly chart of the target diagnostics per task; every run has its own page with
 its record, parameters, diagnostics, trajectory chart and provenance.
 
-Everything a page needs is inside it: PNGs as data: URIs and plotly.js inline (once per
-page that has a chart), so a report can be mailed, archived or opened with no network at all.
+Everything the site needs is inside its folder: PNGs as data: URIs, and plotly.js written
+once as `plotly.min.js` next to the index, which every page with a chart loads by a relative
+`<script src>` (a copy in each page would cost 4.8 MB a page), so the folder can be zipped,
+archived or opened from file:// with no network at all. At most `max_run_pages` runs get a
+page (and a row in the all-runs table): past that, the failed runs first, then the run each
+task table links to (the first ok seed of every task and strategy); `python -m ptbench show`
+prints any run.
 Templates are Jinja2 with autoescaping on, so a strategy named `x<script>` is shown as text.
 Needs `pip install 'ptbench[html]'` (Jinja2 and plotly); both are imported on first use.
 """
@@ -26,6 +31,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from ptbench.errors import PtbenchError
+from ptbench.results import glossary as gl
 from ptbench.results.stats import Interval, mean_ci, overall_ranks, summarize
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -45,6 +51,29 @@ HEADERS = [
 #: chart" button (it uploads to Plotly Cloud); the rest of the modebar (zoom, pan, download
 #: as PNG) works offline and stays.
 PLOTLY_CONFIG = {"displaylogo": False, "showSendToCloud": False, "responsive": True}
+
+#: plotly.js, written once per site next to index.html.
+PLOTLY_FILE = "plotly.min.js"
+#: Pages for every run up to this many runs (a page is some 10-15 kB); past it, this many
+#: pages: for the failed runs, then the runs the tables link to.
+MAX_RUN_PAGES = 300
+_PAGE_NAME = re.compile(r"[A-Za-z0-9._-]+-[0-9a-f]{10}(-x)*\.html")
+
+
+@lru_cache(maxsize=1)
+def site_version() -> str:
+    """A digest of what shapes the pages besides the results (this module, its templates,
+    the plotly version): a site written by other code is rewritten even for equal results."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for template in sorted(TEMPLATES.glob("*.j2")):
+        digest.update(template.name.encode() + template.read_bytes())
+    try:
+        import plotly
+
+        digest.update(str(plotly.__version__).encode())
+    except ImportError:  # pragma: no cover - write_site needs it anyway
+        pass
+    return digest.hexdigest()[:12]
 
 
 def _deps() -> tuple[Any, Any]:
@@ -163,6 +192,18 @@ def _inline_md(text: str, markup: Any) -> Any:
     return markup.Markup(escaped)
 
 
+def _code_spans(text: str) -> Any:
+    """Escaped text with its `code` spans as <code> (the glossary's markup, nothing more)."""
+    import markupsafe
+
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: plain text
+        return markupsafe.escape(text)
+    return markupsafe.Markup("".join(
+        f"<code>{markupsafe.escape(p)}</code>" if i % 2 else str(markupsafe.escape(p)) for i, p in enumerate(parts)
+    ))
+
+
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
@@ -214,6 +255,13 @@ _AXIS = {"gridcolor": "#e5e8ee", "zerolinecolor": "#c9ced8", "linecolor": "#c9ce
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
+def _short(value: Any) -> Any:
+    """A chart's number with 5 significant digits (hover shows 4; full precision would
+    double the size of a page with many charts); None and non-finite values as None."""
+    number = _num(value)
+    return None if number is None else float(f"{number:.5g}")
+
+
 def _layout(**fields: Any) -> dict[str, Any]:
     base = {
         "paper_bgcolor": "white",
@@ -238,6 +286,7 @@ def diagnostics_chart(runs: pd.DataFrame, task: str, label: str, div_id: str, or
     if not per_strategy:
         return None
     keys = list(dict.fromkeys(k for records in per_strategy.values() for rec in records for k in rec))
+    keys.sort(key=lambda k: gl.order(k.split(".")[-1]))  # the glossary's order: u_max_all first
     strategies = [s for s in order if s in per_strategy] + [s for s in per_strategy if s not in order]
     traces = []
     for i, key in enumerate(keys):
@@ -246,14 +295,14 @@ def diagnostics_chart(runs: pd.DataFrame, task: str, label: str, div_id: str, or
             {
                 "type": "bar",
                 "x": strategies,
-                "y": [None if ci.n == 0 else ci.mean for ci in cis],
+                "y": [None if ci.n == 0 else _short(ci.mean) for ci in cis],
                 "name": key,
                 "visible": i == 0,
                 "marker": {"color": _PALETTE[0]},
                 "error_y": {
                     "type": "data",
-                    "array": [0.0 if ci.n < 2 else ci.high - ci.mean for ci in cis],
-                    "arrayminus": [0.0 if ci.n < 2 else ci.mean - ci.low for ci in cis],
+                    "array": [0.0 if ci.n < 2 else _short(ci.high - ci.mean) for ci in cis],
+                    "arrayminus": [0.0 if ci.n < 2 else _short(ci.mean - ci.low) for ci in cis],
                     "visible": True,
                     "color": "#1d2330",
                 },
@@ -319,7 +368,7 @@ def trajectory_chart(trajectory: Any, div_id: str) -> Any | None:
                     "type": "scatter",
                     "mode": "lines+markers",
                     "x": steps,
-                    "y": [f.get(key) for f in flats],
+                    "y": [_short(f.get(key)) for f in flats],
                     "name": key,
                     "legendgroup": key,
                     "showlegend": new,
@@ -333,12 +382,33 @@ def trajectory_chart(trajectory: Any, div_id: str) -> Any | None:
 
 
 @lru_cache(maxsize=1)
-def _plotly_js() -> Any:
-    """plotly.js, minified (some 5 MB): inlined once into every page that has a chart."""
-    import markupsafe
+def _plotly_js() -> bytes:
+    """plotly.js, minified (some 5 MB), written once per site as PLOTLY_FILE."""
     from plotly.offline import get_plotlyjs
 
-    return markupsafe.Markup(get_plotlyjs())
+    return get_plotlyjs().encode("utf-8")
+
+
+def _write(path: Path, data: str | bytes) -> None:
+    try:
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data, encoding="utf-8")
+    except OSError as err:
+        raise PtbenchError(f"cannot write {str(path)!r}: {err.strerror}; pass another --out folder") from None
+
+
+def _write_plotly(out: Path) -> None:
+    """out/plotly.min.js, unless the same file is there already."""
+    path = out / PLOTLY_FILE
+    data = _plotly_js()
+    try:
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    _write(path, data)
 
 
 # --------------------------------------------------------------------------- page contents
@@ -348,8 +418,11 @@ def _interval_cell(ci: Interval, signed: bool = False) -> dict[str, str]:
     return {"text": ci.fmt(signed=signed), "sort": "" if ci.n == 0 else _sort_key(ci.mean)}
 
 
-def _run_records(runs: pd.DataFrame) -> list[dict[str, Any]]:
-    """One record per run with its page's file name, in a stable order."""
+def _run_records(runs: pd.DataFrame, max_pages: int | None = MAX_RUN_PAGES) -> list[dict[str, Any]]:
+    """One record per run with its page's file name, in a stable order; `href` is None for
+    the runs that get no page: with more than `max_pages` runs, only `max_pages` get one,
+    the failed runs first, then the first ok seed of every task and strategy (the run its
+    table links to), in table order."""
     ordered = runs.sort_values(["task", "strategy", "seed"], kind="stable")
     seen: set[str] = set()
     records = []
@@ -359,15 +432,26 @@ def _run_records(runs: pd.DataFrame) -> list[dict[str, Any]]:
             rid += "-x"
         seen.add(rid)
         records.append({"row": r, "id": rid, "href": f"runs/{rid}.html"})
+    if max_pages is not None and len(records) > max_pages:
+        wanted = [rec for rec in records if rec["row"]["status"] != "ok"] + list(_first_records(records).values())
+        keep = {id(rec) for rec in list({id(rec): rec for rec in wanted}.values())[:max_pages]}
+        for rec in records:
+            if id(rec) not in keep:
+                rec["href"] = None
     return records
+
+
+def _first_records(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(task, strategy) -> its first ok run (lowest seed), else its first run."""
+    first: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec in sorted(records, key=lambda rec: rec["row"]["status"] != "ok"):  # stable: seeds stay in order
+        first.setdefault((rec["row"]["task"], rec["row"]["strategy"]), rec)
+    return first
 
 
 def _first_runs(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     """(task, strategy) -> the page of its first ok run (lowest seed), else its first run."""
-    first: dict[tuple[str, str], str] = {}
-    for rec in sorted(records, key=lambda rec: rec["row"]["status"] != "ok"):  # stable: seeds stay in order
-        first.setdefault((rec["row"]["task"], rec["row"]["strategy"]), rec["href"])
-    return first
+    return {key: rec["href"] for key, rec in _first_records(records).items() if rec["href"]}
 
 
 def _overview(runs: pd.DataFrame) -> str:
@@ -460,6 +544,7 @@ def _index_context(
         for rec in records
         if rec["row"]["status"] != "ok"
     ]
+    bounded = any(not rec["href"] for rec in records)
     all_runs = [
         {
             "task": rec["row"]["task"],
@@ -472,9 +557,21 @@ def _index_context(
             "href": rec["href"],
         }
         for rec in records
+        if rec["href"] or not bounded  # past the bound, the runs with a page: a row costs as much as a small page
     ]
     images = [{"name": Path(p).name, "src": _data_uri(Path(p))} for p in plots]
+    g = gl.glossary(runs, baseline)
+    pages = sum(1 for rec in records if rec["href"])
+    entries = lambda pairs: [(name, _code_spans(text)) for name, text in pairs]  # noqa: E731
     return {
+        "glossary": {"columns": entries(g.columns), "sides": entries(g.sides), "diagnostics": entries(g.diagnostics),
+                     "notes": [_code_spans(note) for note in g.notes]},
+        "column_help": {name: text.replace("`", "") for name, text in g.columns},
+        "pages_note": "" if not bounded else (
+            f"This table lists the {pages} of the {len(records)} runs that have a page: the failed runs, then the first ok "
+            "seed of each task and strategy, the run its table links to. `python -m ptbench export` lists every run and "
+            "`python -m ptbench show 'TASK|STRATEGY|SEED'` prints any one."
+        ),
         "overview": _overview(runs) if not runs.empty else "",
         "headers": [h.format(baseline=baseline) for h in HEADERS],
         "ranking": ranking,
@@ -545,9 +642,11 @@ def _run_context(rec: dict[str, Any], siblings: list[dict[str, Any]], labels: di
         "has_charts": chart is not None,
         "provenance": provenance,
         "siblings": [
-            {"seed": s["row"]["seed"], "status": s["row"]["status"], "href": f"{s['id']}.html", "current": s is rec}
+            {"seed": s["row"]["seed"], "status": s["row"]["status"], "href": f"{s['id']}.html" if s["href"] else None,
+             "current": s is rec}
             for s in siblings
         ],
+        "plotly_src": f"../{PLOTLY_FILE}",
     }
 
 
@@ -560,7 +659,6 @@ def _environment() -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals["plotly_js"] = _plotly_js
     return env
 
 
@@ -572,32 +670,54 @@ def write_site(
     labels: dict[str, str] | None = None,
     plots: Iterable[Path] = (),
     sections_md: Iterable[str] = (),
+    max_run_pages: int | None = MAX_RUN_PAGES,
+    stamp: str | None = None,
 ) -> Path:
-    """Write `out_dir/index.html` and `out_dir/runs/<id>.html` for every run of `runs`
-    (the store's frame, `Store.frame()`); returns the index's path.
+    """Write `out_dir/index.html`, `out_dir/runs/<id>.html` for the runs of `runs` (the
+    store's frame, `Store.frame()`; every run up to `max_run_pages`, see the module's doc)
+    and `out_dir/plotly.min.js` when a page has a chart; returns the index's path.
 
     `labels` maps task instance names to the headings shown for them (the full SPEC stays in
     a tooltip); `plots` are image files (PNG) inlined into the index; `sections_md` are extra
-    markdown sections (a strategy's `leaderboard_section`, say) rendered after the tables.
+    markdown sections (a strategy's `leaderboard_section`, say) rendered after the tables;
+    `stamp` is a line (an HTML comment) written at the end of the index.
+    Run pages left in out_dir/runs/ by an earlier write, for runs no longer shown, are removed.
     """
     env = _environment()
     labels = dict(labels or {})
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PtbenchError(f"the report folder {str(out)!r} is a file; pass a folder")
     try:
         (out / "runs").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PtbenchError(f"cannot create the report folder {str(out)!r}: {err.strerror}") from None
-    records = _run_records(runs) if not runs.empty else []
+    records = _run_records(runs, max_run_pages) if not runs.empty else []
     context = _index_context(runs, records, baseline, labels, list(plots), list(sections_md))
-    index = out / "index.html"
-    index.write_text(env.get_template("index.html.j2").render(title=title, baseline=baseline, **context), encoding="utf-8")
+    html = env.get_template("index.html.j2").render(title=title, baseline=baseline, plotly_src=PLOTLY_FILE, **context)
+    charts = context["has_charts"]
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rec in records:
         groups.setdefault((rec["row"]["task"], rec["row"]["strategy"]), []).append(rec)
     page = env.get_template("run.html.j2")
+    written = set()
     for rec in records:
+        if not rec["href"]:
+            continue
         siblings = groups[(rec["row"]["task"], rec["row"]["strategy"])]
-        html = page.render(site_title=title, **_run_context(rec, siblings, labels))
-        (out / rec["href"]).write_text(html, encoding="utf-8")
+        run_context = _run_context(rec, siblings, labels)
+        charts = charts or run_context["has_charts"]
+        _write(out / rec["href"], page.render(site_title=title, **run_context))
+        written.add(Path(rec["href"]).name)
+    if charts:
+        _write_plotly(out)
+    for old in (out / "runs").glob("*.html"):
+        if old.name not in written and _PAGE_NAME.fullmatch(old.name):
+            try:
+                old.unlink()
+            except OSError:
+                pass
+    index = out / "index.html"
+    _write(index, html.rstrip("\n") + "\n" + (f"{stamp}\n" if stamp else ""))
     return index
