@@ -4,7 +4,7 @@ Modelled on scikit-learn's `estimator_checks`: each check is a function `check_<
 env)` that returns one sentence saying what it verified, raises `CheckFailed` saying what is
 wrong, or raises `NotApplicable` when the plugin has nothing it could be checked on. The same
 functions serve `python -m ptbench submit FILE` (one contributor's file, in a separate
-process) and `tests/test_contract.py` (every registered plugin, built-in or installed), so a
+process) and `tests/plugins/test_contract.py` (every registered plugin, built-in or installed), so a
 file that passes `submit` passes the test suite and the other way round.
 
 Checks build fresh models from the task itself, draw from (seed, role) streams and, where a
@@ -20,6 +20,7 @@ import inspect
 import json
 import math
 import re
+import signal
 import tempfile
 import time
 import traceback
@@ -34,7 +35,7 @@ from .errors import PtbenchError
 from .spec import parse_spec
 from .registry import Registry
 from .rng import RandomStreams
-from .run import protocol
+from .run import exits, protocol
 from .run.group import DONORS
 from .run.training import _optimizer, loss_fn, train
 
@@ -531,29 +532,74 @@ def check_name_of(check: Check) -> str:
 
 
 def run_check(check: Check, cls: type, env: CheckEnv) -> CheckResult:
-    """One check as a result; any exception other than NotApplicable is a failure, reported
-    in one line with where it was raised (a crash in the plugin is a broken contract too)."""
+    """One check as a result; anything raised other than NotApplicable is a failure, reported
+    in one line with where it was raised (a crash in the plugin is a broken contract too, and
+    so is plugin code's SystemExit or KeyboardInterrupt). The user's own Ctrl-C, received by
+    this process while the check runs, is re-raised (`ptbench.run.exits`)."""
     start = time.perf_counter()
-    try:
-        detail, passed = check(cls, env), True
-    except CheckFailed as err:
-        detail, passed = str(err), False
-    except NotApplicable as err:
-        detail, passed = str(err), None
-    except Exception as err:
-        detail, passed = _one_line(err), False
+    with exits.watch(signals=(signal.SIGINT,), interruptible=True):
+        try:
+            detail, passed = check(cls, env), True
+        except CheckFailed as err:
+            detail, passed = str(err), False
+        except NotApplicable as err:
+            detail, passed = str(err), None
+        except BaseException as err:
+            exits.reraise_users(err)
+            detail, passed = _one_line(err), False
     return CheckResult(check_name_of(check), passed, detail, time.perf_counter() - start)
 
 
-def run_checks(cls: type, env: CheckEnv) -> Iterator[CheckResult]:
-    for check in checks_for(cls):
+def run_checks(cls: type, env: CheckEnv, on_start: Callable[[str], None] | None = None) -> Iterator[CheckResult]:
+    """The checks `checks_for(cls)` lists, in that order, each as a result. `on_start(name)`
+    is called as each begins (what `submit`'s checking process records, so that a check that
+    ends the process is named). Whether a capability check applies is decided just before it
+    would run, under the same guard as a check: a strategy whose planning exits there gets the
+    check, which then fails saying so."""
+    for check in _all_checks(cls):
+        if check in CAPABILITY and not _applies(check, cls):
+            continue
+        if on_start is not None:
+            on_start(check_name_of(check))
         yield run_check(check, cls, env)
+
+
+def listed_checks(cls: type) -> list[Check]:
+    """`checks_for(cls)`, with each capability decided under a check's guard (planning that
+    raises SystemExit there makes the check apply instead of ending the caller)."""
+    return [check for check in _all_checks(cls) if check not in CAPABILITY or _applies(check, cls)]
+
+
+def required_checks(kind: str) -> list[str]:
+    """The names of the checks every plugin of `kind` ("strategy", "task") gets, whatever it
+    does: a verdict without a result for each of them is no pass (`submit` asks for them
+    from outside the checking process, which plugin code may have tampered with)."""
+    checks = STRATEGY_CHECKS if kind == "strategy" else TASK_CHECKS
+    return [check_name_of(check) for check in checks if check not in CAPABILITY]
+
+
+def _all_checks(cls: type) -> list[Check]:
+    if issubclass(cls, Strategy):
+        return STRATEGY_CHECKS
+    if issubclass(cls, Task):
+        return TASK_CHECKS
+    raise TypeError(f"{cls!r} is neither a Task nor a Strategy")
+
+
+def _applies(check: Check, cls: type) -> bool:
+    try:
+        return bool(CAPABILITY[check](cls))
+    except BaseException as err:  # planning that exits or crashes: the check applies, and says so
+        exits.reraise_users(err)
+        return True
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _one_line(err: BaseException) -> str:
+    if not isinstance(err, Exception):  # SystemExit, KeyboardInterrupt from plugin code
+        return exits.exit_text(err)
     frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ else []
     where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
     return f"{type(err).__name__}: {err}{where}".replace("\n", " ")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from ..api import RunResult, TaskData, TransferModel
+from . import exits
 from .engines import BatchedEngine, BatchJob
 from .group import DONORS, GroupState, Trained
 from .per_run import PlannedRun, diagnostics_of, error_text, failed_result
@@ -28,9 +29,11 @@ def train_donors(engine: BatchedEngine, donor: str, missing: list[tuple[GroupSta
     task = missing[0][0].task
     budget = task.budget(DONORS[donor][0])
     start = time.perf_counter()
+    exits.now("source model", [spec.key for state, _, _ in missing for spec in state.group.specs])
     try:
         outcomes = engine.train([BatchJob(model, data.train) for _, model, data in missing], budget)
-    except Exception as err:
+    except BaseException as err:  # SystemExit, KeyboardInterrupt from plugin code fail the runs too
+        exits.reraise_users(err)
         for state, _, _ in missing:
             state.fail("failed", f"source model: {error_text(err)}")
         return [None] * len(missing)
@@ -44,7 +47,8 @@ def train_donors(engine: BatchedEngine, donor: str, missing: list[tuple[GroupSta
             continue
         try:
             out.append(Trained(model, acc, seconds, task.diagnostics(model, data, None), []))
-        except Exception as err:
+        except BaseException as err:
+            exits.reraise_users(err)
             state.fail("failed", f"source model: {error_text(err)}")
             out.append(None)
     return out
@@ -59,6 +63,7 @@ def train_runs(engine: BatchedEngine, runs: list[PlannedRun], options) -> list[R
     started = time.perf_counter() - sum(run.plan_seconds for run in runs)
     commons = [run.state.source_fields(device) for run in runs]
     deadline = deadline_after(options.timeout, len(runs))
+    exits.now("batched training", [run.spec.key for run in runs])
     try:
         outcomes = engine.train([BatchJob(run.target, run.state.target_data.train, run.plan) for run in runs], budget, deadline)
     except RunTimeout as err:
@@ -66,7 +71,8 @@ def train_runs(engine: BatchedEngine, runs: list[PlannedRun], options) -> list[R
             RunResult.for_spec(run.spec, status="timeout", error=f"{err} ({len(runs)} runs, {options.timeout:g} s each)", **common)
             for run, common in zip(runs, commons)
         ]
-    except Exception as err:
+    except BaseException as err:
+        exits.reraise_users(err)
         return [
             RunResult.for_spec(run.spec, status="failed", error=f"batched program: {error_text(err)}", **common)
             for run, common in zip(runs, commons)
@@ -82,7 +88,8 @@ def train_runs(engine: BatchedEngine, runs: list[PlannedRun], options) -> list[R
             continue
         try:
             diagnostics = diagnostics_of(run.state, run, [])
-        except Exception as err:
+        except BaseException as err:
+            exits.reraise_users(err)
             results.append(failed_result(run.spec, err, **common))
             continue
         results.append(RunResult.for_spec(run.spec, target_acc=acc, target_train_acc=tacc, target_seconds=seconds, diagnostics=diagnostics, path="batched", **common))

@@ -11,6 +11,7 @@ import traceback
 from dataclasses import dataclass
 
 from ..api import RunResult, RunSpec, TransferModel, TransferPlan
+from . import exits
 from .donors import tracer
 from .group import GroupState
 from .protocol import donor_guard, snapshot
@@ -18,7 +19,11 @@ from .training import Diverged, RunTimeout, accuracy, train
 
 
 def error_text(err: BaseException) -> str:
-    """`Type: message (at file:line)`, one line, for a run's stored error."""
+    """`Type: message (at file:line)`, one line, for a run's stored error; for a BaseException
+    from plugin code (SystemExit, KeyboardInterrupt) who raised it: 'the strategy NAME exited
+    the process with SystemExit(0) (at file:line)'."""
+    if not isinstance(err, Exception):
+        return exits.exit_text(err)
     last = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
     where = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
     return f"{type(err).__name__}: {err}{where}".replace("\n", " ")
@@ -74,6 +79,7 @@ def train_planned(run: PlannedRun, device: str) -> RunResult:
     donor = state.donors[strategy.donor].model
     budget = state.budget
     start = time.perf_counter()
+    exits.now("training", [spec.key])
     try:
         with donor_guard(donor, strategy):
             reference = snapshot(donor) if strategy.customises_training() else None
@@ -92,5 +98,6 @@ def train_planned(run: PlannedRun, device: str) -> RunResult:
             path="per-run",
             **common,
         )
-    except Exception as err:
+    except BaseException as err:  # SystemExit, KeyboardInterrupt from plugin code fail the run too
+        exits.reraise_users(err)
         return failed_result(spec, err, **common)

@@ -19,6 +19,7 @@ from typing import Sequence
 from ..api import RunResult, RunSpec, Task
 from ..errors import PtbenchError
 from ..rng import RandomStreams
+from . import exits
 from .batched import train_donors, train_runs
 from .cache import DonorCache, model_digest
 from .donors import cached_donor, donor_data, fresh_donor, save_donor, train_donor
@@ -68,12 +69,14 @@ def _run(task: Task, groups: list[Group], engine, options: RunOptions) -> list[R
 
 def _prepare(task: Task, group: Group, device: str) -> GroupState:
     state = GroupState(group, RandomStreams(group.seed))
+    exits.now("data", [spec.key for spec in group.specs])
     try:
         state.target_data = task.data("target", state.streams).to(device)
         state.budget = task.budget("target")
     except PtbenchError:
         raise
-    except Exception as err:  # a plugin's bug fails the group, not the sweep
+    except BaseException as err:  # a plugin's bug (or sys.exit) fails the group, not the sweep
+        exits.reraise_users(err)
         state.fail("failed", f"source model: {error_text(err)}")
     return state
 
@@ -85,6 +88,7 @@ def _obtain_donors(task: Task, donor: str, states: list[GroupState], engine, opt
     role = DONORS[donor][0]
     missing = []
     for state in states:
+        exits.now("source model", [spec.key for spec in state.group.specs])
         try:
             trained = cached_donor(task, donor, state.streams, device, cache)
             if trained is None:
@@ -98,7 +102,8 @@ def _obtain_donors(task: Task, donor: str, states: list[GroupState], engine, opt
             state.donors[donor] = trained
         except PtbenchError:
             raise
-        except Exception as err:
+        except BaseException as err:
+            exits.reraise_users(err)
             state.fail(status_of(err) if status_of(err) == "diverged" else "failed", f"source model: {error_text(err)}")
     for (state, _, _), trained in zip(missing, train_donors(engine, donor, missing)):
         if trained is not None:
@@ -116,10 +121,12 @@ def plan_run(spec: RunSpec, state: GroupState, options: RunOptions) -> PlannedRu
         return RunResult.for_spec(spec, status="failed", error=f"unknown donor {strategy.donor!r}; use one of: {', '.join(DONORS)}", **common)
     start = time.perf_counter()
     deadline = deadline_after(options.timeout)
+    exits.now("planning", [spec.key])
     try:
         target = state.task.model("target", state.streams.torch("target-init")).to(device)
         context = plan_context(state.task, state.target_data.train, state.budget, state.streams, device, deadline, state.target_data.extras)
         plan = plan_target(strategy, state.donors[strategy.donor].model, target, state.streams, context)
-    except Exception as err:
+    except BaseException as err:  # SystemExit, KeyboardInterrupt from plugin code fail the run too
+        exits.reraise_users(err)
         return failed_result(spec, err, **common)
     return PlannedRun(spec, state, target, plan, time.perf_counter() - start, deadline)

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Callable
 
 from tqdm import tqdm
 
 from ptbench.api import RunResult, RunSpec
+from ptbench.run import exits
 from ptbench.sweep.execute import Executor, LocalExecutor
 from ptbench.run.group import group_specs
 from ptbench.run.options import RunOptions
@@ -52,11 +51,17 @@ class SweepSummary:
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a sweep, carrying what had finished (and is stored) by then."""
+    """Ctrl-C (SIGINT) or SIGTERM during a sweep, carrying what had finished (and is stored)
+    by then, and the signal; `exit_status` is the shell's for it (130, 143)."""
 
-    def __init__(self, summary: SweepSummary):
+    def __init__(self, summary: SweepSummary, signum: int = signal.SIGINT):
         super().__init__()
         self.summary = summary
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + int(self.signum)
 
 
 @dataclass
@@ -215,23 +220,6 @@ def _open_for_sweep(store: Store, say: Callable[[str], None]) -> None:
         say(f"ptbench: imported {imported[0]} run(s) an earlier sweep could not store, from {str(store.unwritten_path)!r}")
 
 
-@contextmanager
-def _interrupt_after() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done, then raise it: a batched program hands over many
-    results at once, so an interrupt often lands between storing a run and counting it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
-
-
 def run_sweep(
     specs: list[RunSpec],
     store: Store,
@@ -251,18 +239,32 @@ def run_sweep(
                 mininterval=0.2 if sys.stderr.isatty() else 5.0)
 
     executor = executor or LocalExecutor()
+    seen = exits.Watch()
     try:
-        for result in executor.run(group_specs(todo), options):
-            with _interrupt_after():  # a run is stored and counted, or neither
-                result = _write(store, result, plan.hashes, unwritten)
-                summary.statuses[result.status] += 1
-            bar.update(1)
-            bar.set_postfix_str(f"{result.task[:40]} seed {result.seed}", refresh=False)
-            if result.status != "ok":
-                bar.write(f"{result.status}: {result.task} / {result.strategy} / seed {result.seed}: {result.error}", file=sys.stderr)
+        # Ctrl-C and SIGTERM are recorded, not raised, while results are stored and counted (a
+        # run is stored and counted, or neither; every result an executor has received is
+        # stored); the executor stops at its next safe point, or at once while it trains here.
+        with exits.watch() as seen:
+            results = executor.run(group_specs(todo), options)
+            try:
+                for result in results:
+                    result = _write(store, result, plan.hashes, unwritten)
+                    summary.statuses[result.status] += 1
+                    bar.update(1)
+                    bar.set_postfix_str(f"{result.task[:40]} seed {result.seed}", refresh=False)
+                    if result.status != "ok":
+                        bar.write(f"{result.status}: {result.task} / {result.strategy} / seed {result.seed}: {result.error}", file=sys.stderr)
+            finally:
+                close = getattr(results, "close", None)
+                if close is not None:  # stop the executor's workers now, not when collected
+                    close()
+        if seen.signum is not None:  # it arrived as the last results were stored: still a stop
+            raise SweepInterrupted(summary, seen.signum)
         unwritten.finish(store)
-    except KeyboardInterrupt:
-        raise SweepInterrupted(summary) from None
+    except SweepInterrupted:
+        raise
+    except KeyboardInterrupt as err:
+        raise SweepInterrupted(summary, getattr(err, "signum", None) or seen.signum or signal.SIGINT) from None
     finally:
         bar.close()
     return summary

@@ -14,6 +14,7 @@ run's plugin files are loaded, so a `--plugin FILE` task or strategy works in wo
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from typing import Sequence
@@ -72,19 +73,47 @@ def payload(unit: Unit) -> bytes:
 
 
 def run_payload(data: bytes, options: RunOptions, plugins: Sequence[str] = (), threads: int | None = None) -> list[RunResult]:
-    """Run a pickled unit in a worker: load the plugin files first, then unpickle and run."""
+    """Run a pickled unit in a worker: load the plugin files first, then unpickle and run. A
+    SystemExit or KeyboardInterrupt that plugin code raises where no run catches it (a plugin
+    file's import, say) comes out as a RuntimeError saying so, never as the worker's exit."""
     import torch
+
+    from ..run import exits
 
     if threads:
         torch.set_num_threads(threads)
-    if plugins:
-        import sys
+    try:
+        if plugins:
+            import sys
 
-        from ..registry import Registry, plugin_module_name
+            from ..registry import Registry, plugin_module_name
 
-        registry = Registry()
-        for path in plugins:
-            if plugin_module_name(path) not in sys.modules:  # once per worker process
-                registry.load_plugin(path)
-    unit = pickle.loads(data)
-    return run_unit(unit, options)
+            registry = Registry()
+            for path in plugins:
+                if plugin_module_name(path) not in sys.modules:  # once per worker process
+                    registry.load_plugin(path)
+        unit = pickle.loads(data)
+        return run_unit(unit, options)
+    except Exception:
+        raise
+    except BaseException as err:
+        exits.reraise_users(err)
+        raise RuntimeError(exits.exit_text(err)) from None
+
+
+def plugin_files(units: Sequence[Unit]) -> list[str]:
+    """The plugin files (`--plugin FILE`, `Registry.load_plugin`) that define the units' tasks
+    and strategies: what a fresh worker process must load before it can unpickle them."""
+    import sys
+
+    from ..registry import plugin_module_name
+
+    found: dict[str, None] = {}
+    for unit in units:
+        for spec in unit.specs():
+            for cls in (type(spec.task), type(spec.strategy)):
+                module = sys.modules.get(cls.__module__)
+                path = getattr(module, "__file__", None)
+                if path and cls.__module__ == plugin_module_name(path):
+                    found[os.path.abspath(path)] = None
+    return list(found)

@@ -16,7 +16,7 @@ from ptbench.sweep.plan import load_suite
 
 from ptbench.results.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["name", "param_grid", "plan_shapes", "source_unmodified", "plan_deterministic", "finished_run"]
 
 
