@@ -278,10 +278,16 @@ def count_runs(
     as many), from the SPECs' value lists alone: nothing is imported or instantiated."""
     check_seeds(seeds)
     total = 0
+    counted = set()
     for sweep in suite.sweeps:
-        n_tasks = sum(_spec_size(s) for s in tasks or sweep.tasks)
-        n_strategies = sum(_spec_size(s) for s in strategies or sweep.strategies)
-        total += n_tasks * n_strategies * len(seed_list(seeds, sweep, suite))
+        task_specs, strategy_specs = tuple(tasks or sweep.tasks), tuple(strategies or sweep.strategies)
+        n_seeds = len(seed_list(seeds, sweep, suite))
+        if (task_specs, strategy_specs, n_seeds) in counted:  # overrides made two sweeps the same
+            continue
+        counted.add((task_specs, strategy_specs, n_seeds))
+        n_tasks = sum(_spec_size(s) for s in task_specs)
+        n_strategies = sum(_spec_size(s) for s in strategy_specs)
+        total += n_tasks * n_strategies * n_seeds
     return total
 
 
