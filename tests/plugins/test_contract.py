@@ -193,6 +193,7 @@ class TinySignal(SignalNoise):
 '''
 
 
+@pytest.mark.slow  # a real process (or a whole report with plots): seconds, not milliseconds
 def test_an_installed_package_adds_a_strategy_and_a_task_through_entry_points(tmp_path):
     site = tmp_path / "site"
     (site / "ptb_extra").mkdir(parents=True)

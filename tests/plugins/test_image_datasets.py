@@ -266,6 +266,7 @@ def test_image_folder_errors_name_the_path(data_env):
 # --------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow  # a real process (or a whole report with plots): seconds, not milliseconds
 def test_cli_missing_data_is_one_line_and_exit_2(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -80,6 +80,7 @@ def paper(tmp_path_factory):
     return root / "lb", runs
 
 
+@pytest.mark.slow  # a real process (or a whole report with plots): seconds, not milliseconds
 def test_the_report_writes_the_page_and_four_plots(paper):
     out, runs = paper
     page = (out / "paper.md").read_text()
@@ -115,6 +116,7 @@ def test_the_report_numbers_are_the_stored_numbers(paper):
     assert f"signal learning ⟨w, u⟩ = {start:.2f}" in page
 
 
+@pytest.mark.slow  # a real process (or a whole report with plots): seconds, not milliseconds
 def test_report_command_regenerates_and_refuses_suites_without_a_report(paper, cli, tmp_path):
     out, runs = paper
     store = out.parent / "runs.db"
