@@ -10,10 +10,18 @@ Unlike the harness, this module knows one task (signal-noise: its parameters and
 keys) and the built-in transfer strategies by name, on purpose: it is about the paper's
 claims. The harness reaches it only through the paper suite's `report` key (ptbench.results.suite_report),
 so nothing generic depends on it. Every sentence under a plot is filled in from the numbers.
+
+The tests behind the sentences live in `paper_claims.py` (per-cell gains corrected by Holm
+over each figure, paired contrasts for the directional claims, TOST for "no effect",
+iso-scalar families, finite-size scaling, mechanism controls) and `paper_scalars.py` (the
+candidate scalars, fitted and cross-validated); `paper_sections.py` renders the sections they
+feed. Besides paper.md and its plots, the report writes paper.json: the candidate scalars with
+their formulas, coefficients, thresholds and cross-validated accuracies, and the best one.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +32,11 @@ import pandas as pd
 from tabulate import tabulate
 
 from ptbench.results import plots
-from ptbench.results.stats import Interval, mean_ci, paired_to_baseline, t_quantile_975, wilson
+from ptbench.results.stats import Interval, incidence, mean_ci, paired_to_baseline, t_quantile_975, wilson
+
+from . import paper_claims as claims_mod
+from . import paper_scalars as scalars
+from .paper_claims import Tested, correct, gain_cell, p_text
 
 TASK = "signal-noise"
 HEAT_FRACTION = 0.5  # the heatmaps show the paper's transfer with half the filters inherited
@@ -107,22 +119,42 @@ def regime_label(row: pd.Series, varying: Iterable[str]) -> str:
 
 @dataclass
 class Cell:
-    """The paired comparison of one strategy with the baseline on one task."""
+    """The paired comparison of one strategy with the baseline on one task: the 95% interval
+    of the gain, accuracy, incidence (below / tied within one test example / above), and the
+    t test that the figure's Holm correction fills in (`tested`)."""
 
     delta: Interval
     acc: Interval
     negative_k: int
     negative: Interval
+    tested: Tested | None = None
 
     @classmethod
     def of(cls, rows: pd.DataFrame) -> "Cell":
         deltas = rows["delta"].dropna()
-        k = int((deltas < 0).sum())
-        return cls(mean_ci(deltas), mean_ci(rows["target_acc"]), k, wilson(k, len(deltas)))
+        tested = gain_cell(rows)
+        k = tested.inc.below
+        return cls(mean_ci(deltas), mean_ci(rows["target_acc"]), k, wilson(k, len(deltas)), tested)
 
     @property
     def incidence(self) -> str:
-        return f"{self.negative_k}/{self.negative.n}" if self.negative.n else "n/a"
+        return self.tested.inc.fmt() if self.tested is not None and self.tested.inc.n else "n/a"
+
+    @property
+    def down(self) -> bool:
+        return self.tested is not None and self.tested.down
+
+    @property
+    def up(self) -> bool:
+        return self.tested is not None and self.tested.up
+
+    @property
+    def corrected(self) -> Interval:
+        return self.tested.interval if self.tested is not None and self.tested.interval is not None else self.delta
+
+    def mark(self) -> str:
+        """The gain with its 95% interval, starred when Holm over the figure rejects 0."""
+        return self.delta.fmt(signed=True) + ("*" if self.up or self.down else "")
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> str:
@@ -149,6 +181,9 @@ def fraction_section(df: pd.DataFrame, out: Path, written: list[Path]) -> list[s
     pf = df[~df["traced"] & (df["family"] == "partial-filters")]
     counts = pf.groupby("task")["fraction"].nunique()
     tasks = list(counts[counts >= 3].index)
+    zero = set(pf[pf["fraction"] == 0]["task"])
+    if any(t in zero for t in tasks):  # the regimes run for this figure (with the fraction-0 check)
+        tasks = [t for t in tasks if t in zero]
     lines = ["## 1. Target accuracy against the fraction inherited", ""]
     if not tasks:
         return lines + ["No task in the store has `partial-filters` at three or more fractions.", ""]
@@ -165,6 +200,7 @@ def fraction_section(df: pd.DataFrame, out: Path, written: list[Path]) -> list[s
             if (task, freeze, 0.0) not in cells and len(scratch):
                 cells[(task, freeze, 0.0)] = Cell.of(scratch)
     fractions = sorted({f for (_, _, f) in cells})
+    correct([c.tested for (_, _, f), c in cells.items() if f > 0 and c.tested is not None])
     panels = []
     for freeze, mode in MODES:
         plot_lines = []
@@ -186,7 +222,7 @@ def fraction_section(df: pd.DataFrame, out: Path, written: list[Path]) -> list[s
             f"paired runs to within {check.abs().max() * 100:.2g} pp (it should be exactly 0).",
             "",
         ]
-    headers = ["regime", "mode", "scratch acc %"] + [f"Δ at {num(f)} (pp) [95% CI]" for f in fractions if f > 0]
+    headers = ["regime", "mode", "scratch acc %"] + [f"Δ at {num(f)} (pp) [95% CI] (below/tied/above)" for f in fractions if f > 0]
     body = []
     for task in order:
         scratch = Cell.of(regimes[(regimes["task"] == task) & (regimes["family"] == "scratch")])
@@ -195,9 +231,11 @@ def fraction_section(df: pd.DataFrame, out: Path, written: list[Path]) -> list[s
             for f in fractions:
                 if f > 0:
                     c = cells.get((task, freeze, f))
-                    row.append("n/a" if c is None else f"{c.delta.fmt(signed=True)} ({c.incidence} below)")
+                    row.append("n/a" if c is None else f"{c.mark()} ({c.incidence})")
             body.append(row)
-    lines += [_table(body, headers), ""]
+    lines += [_table(body, headers), "",
+              "\\* Holm-corrected over the figure's cells: the gain differs from 0 at family-wise 5%. "
+              "Below/tied/above: seeds whose accuracy is more than one test example below scratch, within one, above.", ""]
     return lines
 
 
@@ -214,20 +252,21 @@ def fraction_sentence(cells: dict, order: list[str], labels: dict[str, str], fra
                 continue
             best = max(here, key=lambda fc: fc[1].delta.mean)
             worst = min(here, key=lambda fc: fc[1].delta.mean)
-            if all(c.delta.above_zero for _, c in here):
+            if all(c.up for _, c in here):
                 verdict = "every fraction helps"
-            elif all(c.delta.below_zero for _, c in here):
+            elif all(c.down for _, c in here):
                 verdict = "every fraction hurts"
             else:
                 verdict = "Δ ranges"
             verdict += "," if verdict != "Δ ranges" else ""
             clauses.append(
-                f"at {labels[task]} {verdict} from {pp(worst[1].delta)} (fraction {num(worst[0])}) to "
-                f"{pp(best[1].delta)} (fraction {num(best[0])})"
+                f"at {labels[task]} {verdict} from {pp(worst[1].corrected)} (fraction {num(worst[0])}) to "
+                f"{pp(best[1].corrected)} (fraction {num(best[0])})"
             )
         if clauses:
             parts.append(f"{mode.capitalize()}, " + "; ".join(clauses))
-    return "**What it shows:** " + ". ".join(parts) + " (Δ: paired difference to scratch, 95% t interval over seeds)."
+    return ("**What it shows:** " + ". ".join(parts) + " (Δ: paired difference to scratch; intervals are Holm step-down "
+            "intervals over the figure's cells, and 'helps'/'hurts' means Holm rejects 0 for every fraction).")
 
 
 # --------------------------------------------------------------------------- 2-3. heatmaps
@@ -254,17 +293,64 @@ def heatmap_slice(df: pd.DataFrame, x: str) -> pd.DataFrame:
     return chosen
 
 
-def heatmap_section(df: pd.DataFrame, out: Path, x: str, number: int, written: list[Path]) -> list[str]:
+def _axis_values(ticks: list[float], positions: np.ndarray) -> np.ndarray:
+    """Factor values at fractional cell positions: log-linear between ticks, extrapolated
+    from the end segments (cell j holds ticks[j])."""
+    t = np.asarray(ticks, dtype=float)
+    if len(t) == 1:
+        return np.full_like(positions, t[0], dtype=float)
+    logs = np.log(t)
+    idx = np.clip(np.floor(positions).astype(int), 0, len(t) - 2)
+    frac = positions - idx
+    return np.exp(logs[idx] + frac * (logs[idx + 1] - logs[idx]))
+
+
+def heatmap_boundary(fit: "scalars.ScalarFit | None", plane: pd.DataFrame, x: str, xs: list, ys: list, freeze: bool) -> plots.Boundary | None:
+    """The fitted scalar's threshold (and its interval) on the (x, |u|) plane, at the
+    heatmap's fraction and the plane's other parameters."""
+    if fit is None or not math.isfinite(fit.threshold) or fit.threshold <= 0:
+        return None
+    gx = np.linspace(-0.5, len(xs) - 0.5, 121)
+    gy = np.linspace(-0.5, len(ys) - 0.5, 121)
+    X, Y = np.meshgrid(_axis_values(xs, gx), _axis_values(ys, gy))
+    base = plane.iloc[0]
+    grid = pd.DataFrame({c: base[c] for c in _task_columns(plane)}, index=range(X.size))
+    grid[f"p_{x}"] = X.ravel()
+    grid["p_shared"] = Y.ravel()
+    grid["fraction"] = HEAT_FRACTION
+    values = np.log(fit.scalar(scalars.factor_frame(grid))).reshape(X.shape)
+    low, high = fit.threshold_interval
+    sign = 1.0 if fit.increasing else -1.0
+
+    def level(t: float) -> np.ndarray | None:
+        return sign * (values - math.log(t)) if 0 < t < math.inf else None
+
+    label = f"fitted boundary: {fit.candidate.key} = {fit.threshold:.3g} [{low:.3g}, {high:.3g}] (dotted: its 95% interval)"
+    return plots.Boundary(gx, gy, level(fit.threshold), level(low), level(high), label)
+
+
+def _dense_rows(plane: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Drop |u| rows that hold under half of the plane's x values (a cell another sweep
+    happens to share), so the heatmap shows the grid that was run."""
+    width = plane[f"p_{x}"].nunique()
+    per_row = plane.groupby("p_shared")[f"p_{x}"].nunique()
+    keep = per_row[per_row >= max(2, width / 2)].index
+    return plane[plane["p_shared"].isin(keep)]
+
+
+def heatmap_section(df: pd.DataFrame, out: Path, x: str, number: int, written: list[Path], fits: dict | None = None) -> list[str]:
     title = f"## {number}. Paired gain over scratch across |u| and {x}"
     plane = heatmap_slice(df, x)
     if plane.empty:
         return [title, "", f"The store has no grid over |u| and {x} with `partial-filters[fraction={num(HEAT_FRACTION)}]`.", ""]
+    plane = _dense_rows(plane, x)
     xs = sorted(plane[f"p_{x}"].unique())
     ys = sorted(plane["p_shared"].unique())
     fixed = {c[2:]: plane[c].iloc[0] for c in _task_columns(plane) if c not in (f"p_{x}", "p_shared")}
     cells: dict[tuple[Any, float, float], Cell] = {}
     ratios: dict[tuple[float, float], float] = {}
     scratch_acc: dict[tuple[float, float], Interval] = {}
+    firsts: dict[tuple[Any, float, float], pd.DataFrame] = {}
     for (xv, yv), rows in plane.groupby([f"p_{x}", "p_shared"]):
         ratios[(xv, yv)] = float(rows["R"].iloc[0])
         scratch_acc[(xv, yv)] = mean_ci(rows[rows["family"] == "scratch"]["target_acc"])
@@ -272,56 +358,65 @@ def heatmap_section(df: pd.DataFrame, out: Path, x: str, number: int, written: l
             sel = rows[(rows["family"] == "partial-filters") & (rows["fraction"] == HEAT_FRACTION) & (rows["freeze"] == freeze)]
             if len(sel):
                 cells[(freeze, xv, yv)] = Cell.of(sel)
+                firsts[(freeze, xv, yv)] = sel.iloc[[0]]
+    correct([c.tested for c in cells.values()])
     panels = []
+    boundaries = {}
     for freeze, mode in MODES:
         values = np.full((len(ys), len(xs)), np.nan)
         marked = np.zeros_like(values, dtype=bool)
-        benign = np.zeros_like(values, dtype=bool)
         notes = [["" for _ in xs] for _ in ys]
         for i, yv in enumerate(ys):
             for j, xv in enumerate(xs):
                 notes[i][j] = f"R={ratio(ratios[(xv, yv)])}" if (xv, yv) in ratios else ""
-                benign[i, j] = ratios.get((xv, yv), math.nan) >= 1
                 c = cells.get((freeze, xv, yv))
                 if c is not None and c.delta.n:
                     values[i, j] = c.delta.mean * 100
-                    marked[i, j] = c.delta.below_zero
-        panels.append(plots.HeatPanel(f"{num(HEAT_FRACTION * 100)}% of filters inherited, {mode}", values, marked, notes, benign))
+                    marked[i, j] = c.down
+        fit = fits[freeze].best if fits and freeze in fits else None
+        boundary = heatmap_boundary(fit, plane, x, xs, ys, freeze)
+        at = {(xv, yv): float(fit.scalar(scalars.factor_frame(r))[0]) for (f, xv, yv), r in firsts.items() if f == freeze} if fit else {}
+        boundaries[freeze] = (fit, boundary, at)
+        panels.append(plots.HeatPanel(f"{num(HEAT_FRACTION * 100)}% of filters inherited, {mode}", values, marked, notes, boundary=boundary))
     name = f"paper-heatmap-{x}.png"
     path = plots.heatmap_panels(
         out / PLOT_DIR / name, panels, AXES.get(x, x), "|u| (shared signal)", [num(v) for v in xs], [num(v) for v in ys],
-        title=f"Paired gain over scratch (pp) across |u| and {x}\nR = n|μ₁|⁴/(σ_p⁴d) of the source in each cell",
-        colorbar_label="target accuracy minus scratch (pp)", mark_label="negative transfer: 95% CI of the gain below 0",
-        split_label="R = 1: the source's benign/harmful boundary",
+        title=f"Paired gain over scratch (pp) across |u| and {x}\nR = n|μ₁|⁴/(σ_p⁴d) of the source in each cell; "
+              "solid line: the best candidate scalar's fitted sign boundary",
+        colorbar_label="target accuracy minus scratch (pp)", mark_label="negative transfer: Holm-corrected gain below 0",
     )
     written.append(path)
     fixed_text = ", ".join(f"{k}={num(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v}" for k, v in fixed.items())
     lines = [title, "", f"![paired gain over scratch across |u| and {x}]({PLOT_DIR}/{name})", ""]
-    lines += [heatmap_sentence(cells, ratios, xs, ys, x), ""]
-    lines += [f"Fixed: {fixed_text}. Cells with hatching: the 95% interval of the gain lies below zero.", ""]
-    headers = ["|u|", x, "R", "scratch acc %"] + [f"Δ {mode} (pp) [95% CI]" for _, mode in MODES] + [f"seeds below scratch, {mode}" for _, mode in MODES]
+    lines += [heatmap_sentence(cells, ratios, xs, ys, x, boundaries), ""]
+    lines += [f"Fixed: {fixed_text}. Hatched cells: the gain is below zero after Holm's correction over the figure's "
+              f"{sum(c.delta.n >= 2 for c in cells.values())} cells (both modes).", ""]
+    headers = (["|u|", x, "R", "scratch acc %"] + [f"Δ {mode} (pp) [95% CI]" for _, mode in MODES]
+               + [f"Holm p / BH q, {mode}" for _, mode in MODES] + [f"below/tied/above, {mode}" for _, mode in MODES])
     body = []
     for yv in ys:
         for xv in xs:
             if (xv, yv) not in ratios:
                 continue
             row = [num(yv), num(xv), ratio(ratios[(xv, yv)]), scratch_acc[(xv, yv)].fmt()]
-            row += [cells[(f, xv, yv)].delta.fmt(signed=True) if (f, xv, yv) in cells else "n/a" for f, _ in MODES]
+            row += [cells[(f, xv, yv)].mark() if (f, xv, yv) in cells else "n/a" for f, _ in MODES]
+            row += [f"{p_text(cells[(f, xv, yv)].tested.p_holm)} / {p_text(cells[(f, xv, yv)].tested.q_bh)}" if (f, xv, yv) in cells else "n/a"
+                    for f, _ in MODES]
             row += [cells[(f, xv, yv)].incidence if (f, xv, yv) in cells else "n/a" for f, _ in MODES]
             body.append(row)
-    lines += [_table(body, headers), ""]
+    lines += [_table(body, headers), "", "\\* Holm rejects a zero gain (family-wise 5% over the figure).", ""]
     return lines
 
 
-def heatmap_sentence(cells: dict, ratios: dict, xs: list, ys: list, x: str) -> str:
+def heatmap_sentence(cells: dict, ratios: dict, xs: list, ys: list, x: str, boundaries: dict | None = None) -> str:
     parts = []
     for freeze, mode in MODES:
         here = {(xv, yv): c for (f, xv, yv), c in cells.items() if f == freeze and c.delta.n}
         if not here:
             continue
-        negative = [k for k, c in here.items() if c.delta.below_zero]
-        positive = [k for k, c in here.items() if c.delta.above_zero]
-        text = f"{mode}, the gain is below zero beyond seed noise in {len(negative)} of {len(here)} cells"
+        negative = [k for k, c in here.items() if c.down]
+        positive = [k for k, c in here.items() if c.up]
+        text = f"{mode}, the gain is below zero (Holm) in {len(negative)} of {len(here)} cells"
         if negative:
             us = sorted({yv for _, yv in negative})
             rs = [ratios[k] for k in negative]
@@ -329,17 +424,39 @@ def heatmap_sentence(cells: dict, ratios: dict, xs: list, ys: list, x: str) -> s
             text += f" (|u| in {{{', '.join(num(u) for u in us)}}}, {span})"
         text += f" and above zero in {len(positive)}"
         best_key = max(here, key=lambda k: here[k].delta.mean)
-        text += (f"; the largest gain is {pp(here[best_key].delta)} at |u|={num(best_key[1])}, {x}={num(best_key[0])} "
+        text += (f"; the largest gain is {pp(here[best_key].corrected)} at |u|={num(best_key[1])}, {x}={num(best_key[0])} "
                  f"(R={ratio(ratios[best_key])})")
         top = max(ys)
         row = [(xv, here[(xv, top)]) for xv in xs if (xv, top) in here]
         if len(row) >= 2:
             text += (f"; at |u|={num(top)} it goes from {row[0][1].delta.fmt(signed=True)} pp at {x}={num(row[0][0])} "
                      f"to {row[-1][1].delta.fmt(signed=True)} pp at {x}={num(row[-1][0])}")
+        if negative and positive:
+            both_r = sorted(ratios[k] for k in negative), sorted(ratios[k] for k in positive)
+            if both_r[0][-1] >= both_r[1][0]:
+                text += (f"; R does not separate the signs here: negative cells reach R={ratio(both_r[0][-1])}, "
+                         f"positive ones start at R={ratio(both_r[1][0])}")
+        fit, boundary, at = (boundaries or {}).get(freeze, (None, None, {}))
+        if fit is not None:
+            wrong = _misplaced(fit, at, negative, positive)
+            text += (f"; the best candidate scalar ({fit.candidate.key}, §6) puts its boundary at {fit.candidate.key} = "
+                     f"{fit.threshold:.3g} [{fit.threshold_interval[0]:.3g}, {fit.threshold_interval[1]:.3g}]"
+                     + (f", with {wrong} of the {len(negative) + len(positive)} significant cells on the wrong side" if negative or positive else ""))
         parts.append(text)
     if not parts:
         return ""
     return "**What it shows:** " + ". ".join(p[0].upper() + p[1:] for p in parts) + "."
+
+
+def _misplaced(fit, at: dict, negative: list, positive: list) -> int:
+    """How many significant cells the fitted threshold puts on the wrong side."""
+    wrong = 0
+    for key in negative + positive:
+        if key not in at:
+            continue
+        predicted_positive = (at[key] > fit.threshold) == fit.increasing
+        wrong += int(predicted_positive != (key in positive))
+    return wrong
 
 
 # --------------------------------------------------------------------------- 4. trajectories
@@ -447,6 +564,9 @@ def diagnostics_table(df: pd.DataFrame) -> list[str]:
     transfer = rows[(rows["family"] == "partial-filters") & (rows["fraction"] == HEAT_FRACTION) & (rows["freeze"] == False)]  # noqa: E712
     regimes = rows[(rows["family"] == "partial-filters")].groupby("task")["fraction"].nunique()
     tasks = [t for t in regimes[regimes >= 3].index if t in set(transfer["task"])]
+    zero = set(rows[(rows["family"] == "partial-filters") & (rows["fraction"] == 0)]["task"])
+    if any(t in zero for t in tasks):  # the fraction figure's regimes
+        tasks = [t for t in tasks if t in zero]
     if not tasks:
         return []
     varying = _varying(rows[rows["task"].isin(tasks)]) or ["p_shared"]
@@ -519,26 +639,131 @@ def _header(runs: pd.DataFrame, df: pd.DataFrame, baseline: str) -> list[str]:
     return lines
 
 
-def render(runs: pd.DataFrame, out: Path, baseline: str = "scratch") -> tuple[str, list[Path]]:
-    """The page's markdown, and the plots it drew under out/plots/."""
+def render(runs: pd.DataFrame, out: Path, baseline: str = "scratch") -> tuple[str, list[Path], dict | None]:
+    """The page's markdown, the plots it drew under out/plots/, and paper.json's content
+    (None when there is nothing to fit)."""
+    from . import paper_sections as sections
+
     df = prepare(runs, baseline)
     lines = _header(runs, df, baseline)
     written: list[Path] = []
     if df.empty:
         lines += ["No successful signal-noise runs in the store yet: `python -m ptbench run --suite paper`.", ""]
-        return "\n".join(lines), written
-    lines += fraction_section(df, out, written)
-    lines += heatmap_section(df, out, "n_source", 2, written)
-    lines += heatmap_section(df, out, "source_noise", 3, written)
-    lines += trajectory_section(df, out, 4, written)
-    lines += diagnostics_table(df)
-    return "\n".join(lines), written
+        return "\n".join(lines), written, None
+    n_test = int(df["p_n_test"].mode().iloc[0]) if "p_n_test" in df else 2000
+    fits = scalars.fit_all(df, MODES)
+    claims = claims_mod.directional_claims(df)
+    regimes = claims_mod.control_regimes(df)
+    scaling = claims_mod.scaling_lines(df, HEAT_FRACTION)
+    sweeps = claims_mod.factor_sweeps(df, HEAT_FRACTION)
+
+    body: list[str] = []
+    body += fraction_section(df, out, written)
+    heat_n = heatmap_section(df, out, "n_source", 2, written, fits)
+    heat_s = heatmap_section(df, out, "source_noise", 3, written, fits)
+    body += heat_n + heat_s
+    body += trajectory_section(df, out, 4, written)
+    body += diagnostics_table(df)
+    body += sections.claims_section(claims, 5)
+    body += sections.scalars_section(fits, 6, out, written)
+    fam_lines, fam_summary = sections.families_section(df, fits, 7, out, written)
+    body += fam_lines
+    body += sections.factors_section(sweeps, 8, out, written)
+    body += sections.scaling_section(scaling, 9, out, written)
+    body += sections.controls_section(regimes, 10, out, written)
+
+    negatives = _heatmap_negatives(df)
+    lines += sections.verdicts_section(claims, fits, regimes, fam_summary, negatives)
+    lines += sections.statistics_note(n_test)
+    lines += body
+    summary = paper_json(fits, claims, fam_summary, negatives)
+    return "\n".join(lines), written, summary
+
+
+def _heatmap_negatives(df: pd.DataFrame) -> tuple[int, int]:
+    """(Holm-significant negative cells, cells) over both heatmaps, each corrected over its figure."""
+    neg = total = 0
+    seen: set[tuple[str, Any]] = set()
+    for x in ("n_source", "source_noise"):
+        plane = heatmap_slice(df, x)
+        if plane.empty:
+            continue
+        plane = _dense_rows(plane, x)
+        sel = plane[(plane["family"] == "partial-filters") & (plane["fraction"] == HEAT_FRACTION)]
+        tested = {}
+        for (task, freeze), rows in sel.groupby(["task", "freeze"]):
+            tested[(task, freeze)] = gain_cell(rows)
+        correct(list(tested.values()))
+        for key, t in tested.items():
+            if key in seen:
+                continue
+            seen.add(key)
+            total += 1
+            neg += int(t.down)
+    return neg, total
+
+
+def paper_json(fits: dict, claims: list, fam_summary: dict, negatives: tuple[int, int]) -> dict:
+    modes = {}
+    for frozen, mf in fits.items():
+        if not mf.fits:
+            continue
+        c = mf.ceiling
+        modes[mf.mode] = {
+            "cells": len(mf.cells), "seeds_with_a_sign": int(mf.cells.n.sum()),
+            "candidates": [s.as_json() for s in mf.fits],
+            "full_factor": None if c is None else {"sign_accuracy": c.accuracy, "cv_sign_accuracy": c.cv_accuracy,
+                                                   "coefficients": c.coef, "log_likelihood": c.loglik},
+            "per_cell_majority_accuracy": None if c is None else c.saturated_accuracy,
+            "best": mf.best.candidate.key if mf.best else None,
+        }
+    pooled: dict[str, list[float]] = {}
+    for frozen, mf in fits.items():
+        for s in mf.fits:
+            pooled.setdefault(s.candidate.key, []).append(s.cv_accuracy * mf.cells.n.sum())
+    weights = sum(mf.cells.n.sum() for mf in fits.values() if mf.fits)
+    overall = max(pooled, key=lambda k: sum(pooled[k])) if pooled and weights else None
+    return {
+        "generated_by": "ptbench.reports.paper",
+        "correction": {"method": "holm", "alpha": 0.05, "also_reported": "fdr_bh",
+                       "scope": "the cells of each figure; the contrasts of each claim"},
+        "equivalence": {"test": "TOST", "margin_gain_pp": claims_mod.MARGIN_GAIN * 100, "margin_scratch_pp": claims_mod.MARGIN_SCRATCH * 100},
+        "tie_margin_test_examples": claims_mod.TIE_EXAMPLES,
+        "modes": modes,
+        "best": {"per_mode": {m: v["best"] for m, v in modes.items()}, "overall": overall,
+                 "overall_rule": "highest cross-validated sign accuracy pooled over the modes (weighted by seeds)"},
+        "directional_claims": [{"claim": c.text, "contrasts": len(c.contrasts), "claimed_direction": len(c.supported),
+                                "reversed": len(c.reversed)} for c in claims],
+        "iso_scalar_families": fam_summary,
+        "negative_heatmap_cells": {"holm_significant": negatives[0], "cells": negatives[1]},
+    }
 
 
 def write_report(runs: pd.DataFrame, out_dir: str | Path, baseline: str = "scratch") -> list[Path]:
-    """Write out_dir/paper.md and out_dir/plots/paper-*.png; returns the files written."""
+    """Write out_dir/paper.md, out_dir/plots/paper-*.png and out_dir/paper.json (when the
+    store has runs to fit); returns the files written."""
     out = Path(out_dir)
-    text, written = render(runs, out, baseline)
+    text, written, summary = render(runs, out, baseline)
     page = out / "paper.md"
     page.write_text(text)
-    return [page] + written
+    files = [page] + written
+    if summary is not None:
+        path = out / "paper.json"
+        path.write_text(json.dumps(_plain(summary), indent=1, allow_nan=False) + "\n")
+        files.append(path)
+    return files
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars as Python ones, NaN and infinities as null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -63,6 +63,24 @@ class HeatPanel:
     marked: np.ndarray | None = None
     notes: list[list[str]] | None = None
     split: np.ndarray | None = None
+    boundary: "Boundary | None" = None
+
+
+BOUNDARY_COLORS = ("#111111", "#7a3b00")
+
+
+@dataclass
+class Boundary:
+    """A fitted boundary drawn over a heatmap: the zero contour of `level` (and of `low` and
+    `high`, its interval, dashed), all [len(ys), len(xs)] on a fine grid whose coordinates
+    `xs`, `ys` are in cell units (column j spans j - 0.5 to j + 0.5)."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    level: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    label: str = ""
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -104,6 +122,11 @@ def line_panels(
         ax.set_xscale(xscale)
         if xticks is not None:
             ax.set_xticks(list(xticks))
+            if xscale == "log":  # the given ticks, written plainly, and no minor labels
+                from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
         if panel.ylabel:
             ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
@@ -145,6 +168,10 @@ def _heatmaps(plt, path, panels, xlabel, ylabel, xticklabels, yticklabels, title
     height = 0.75 * len(yticklabels) + 2.2
     fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False, sharey=True, layout="constrained")
     image = None
+    boundary_labels: list[str] = []
+    for panel in panels:
+        if panel.boundary is not None and panel.boundary.label not in boundary_labels:
+            boundary_labels.append(panel.boundary.label)
     for k, (ax, panel) in enumerate(zip(axes.flat, panels)):
         values = np.asarray(panel.values, dtype=float)
         image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
@@ -165,6 +192,9 @@ def _heatmaps(plt, path, panels, xlabel, ylabel, xticklabels, yticklabels, title
                 if panel.notes and panel.notes[i][j]:
                     ax.text(j, i - 0.22, panel.notes[i][j], ha="center", va="center", fontsize=6.5,
                             color="0.2" if marked or not strong else "white", bbox=box)
+        if panel.boundary is not None:
+            color = BOUNDARY_COLORS[boundary_labels.index(panel.boundary.label) % len(BOUNDARY_COLORS)]
+            _draw_boundary(ax, panel.boundary, color)
         if panel.split is not None:
             split = np.asarray(panel.split, dtype=bool)
             for i in range(rows):
@@ -189,8 +219,135 @@ def _heatmaps(plt, path, panels, xlabel, ylabel, xticklabels, yticklabels, title
         handles.append(Patch(facecolor="none", edgecolor="black", hatch="//", label=mark_label))
     if split_label:
         handles.append(Line2D([0], [0], color="0.1", ls="--", lw=2.2, label=split_label))
+    for i, label in enumerate(boundary_labels):
+        if label:
+            handles.append(Line2D([0], [0], color=BOUNDARY_COLORS[i % len(BOUNDARY_COLORS)], lw=2.4, label=label))
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 2), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+
+def _draw_boundary(ax: Any, boundary: Boundary, color: str = BOUNDARY_COLORS[0]) -> None:
+    """The zero contour of boundary.level (solid) and of its interval ends (dotted)."""
+    X, Y = np.meshgrid(np.asarray(boundary.xs, dtype=float), np.asarray(boundary.ys, dtype=float))
+    for z, style, width in ((boundary.level, "-", 2.4), (boundary.low, ":", 1.6), (boundary.high, ":", 1.6)):
+        if z is None:
+            continue
+        z = np.asarray(z, dtype=float)
+        if np.isfinite(z).any() and np.nanmin(z) < 0 < np.nanmax(z):
+            ax.contour(X, Y, z, levels=[0.0], colors=[color], linestyles=[style], linewidths=[width])
+
+
+@dataclass
+class Point:
+    """One estimate with its interval, at x (a position on the panel's axis)."""
+
+    x: float
+    y: float
+    low: float
+    high: float
+    label: str = ""  # the series it belongs to (one legend entry per label)
+    filled: bool = True  # False: drawn hollow (say, not significant)
+
+
+@dataclass
+class PointPanel:
+    title: str
+    points: list[Point]
+    ylabel: str = ""
+    xticks: Sequence[float] | None = None
+    xticklabels: Sequence[str] | None = None
+    hline: float | None = 0.0
+    vlines: Sequence[float] = ()  # reference positions on x (a fitted threshold, say)
+
+
+def point_panels(path: str | Path, panels: list[PointPanel], xlabel: str, title: str = "", columns: int | None = None,
+                 xscale: str = "linear", sharey: bool = True, label_order: Sequence[str] | None = None) -> Path:
+    """Estimates with error bars, one colour per label (the same in every panel, in
+    `label_order` if given), hollow markers where not filled."""
+    plt = pyplot()
+    order = list(label_order) if label_order is not None else list(dict.fromkeys(p.label for panel in panels for p in panel.points))
+    columns = columns or len(panels)
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, 3.8 * rows), sharey=sharey, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, panel in zip(axes.flat, panels):
+        present = {p.label for p in panel.points}
+        labels = [label for label in order if label in present] + sorted(present - set(order))
+        for label in labels:  # one errorbar call per (label, filled): fast with many points
+            for filled in (True, False):
+                pts = [p for p in panel.points if p.label == label and p.filled == filled]
+                if not pts:
+                    continue
+                color = colors[(order.index(label) if label in order else len(order)) % len(colors)]
+                err = [[max(p.y - p.low, 0.0) for p in pts], [max(p.high - p.y, 0.0) for p in pts]]
+                ax.errorbar([p.x for p in pts], [p.y for p in pts], yerr=err, fmt="o", color=color,
+                            mfc=color if filled else "white", ms=5, capsize=2.5, lw=1.1)
+        for label in labels:
+            ax.plot([], [], "o", color=colors[(order.index(label) if label in order else len(order)) % len(colors)], label=label)
+        if panel.hline is not None:
+            ax.axhline(panel.hline, color="0.4", lw=0.8, ls=":")
+        for v in panel.vlines:
+            ax.axvline(v, color="0.2", lw=1.2, ls="--")
+        ax.set_xscale(xscale)
+        if panel.xticks is not None:
+            ax.set_xticks(list(panel.xticks))
+            if panel.xticklabels is not None:
+                ax.set_xticklabels(list(panel.xticklabels), fontsize=7.5, rotation=45 if len(panel.xticks) > 6 else 0)
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        if panel.ylabel:
+            ax.set_ylabel(panel.ylabel)
+        ax.grid(alpha=0.3)
+        if labels and any(labels):
+            ax.legend(fontsize=7.5, loc="best")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@dataclass
+class Bar:
+    label: str
+    value: float
+    low: float
+    high: float
+    hatched: bool = False  # e.g. the interval excludes 0 after correction
+
+
+@dataclass
+class BarPanel:
+    title: str
+    bars: list[Bar]
+    ylabel: str = ""
+
+
+def bar_panels(path: str | Path, panels: list[BarPanel], title: str = "", sharey: bool = True) -> Path:
+    """Bars with error bars, one panel per group; the same label keeps its colour across panels."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.1 * max(len(p.bars) for p in panels) * len(panels) + 2.5, 4.2),
+                             sharey=sharey, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    order = list(dict.fromkeys(b.label for p in panels for b in p.bars))
+    for ax, panel in zip(axes.flat, panels):
+        for i, bar in enumerate(panel.bars):
+            color = colors[order.index(bar.label) % len(colors)]
+            ax.bar(i, bar.value, color=color, alpha=0.85, hatch="//" if bar.hatched else None, edgecolor="black", lw=0.6)
+            ax.errorbar([i], [bar.value], yerr=[[max(bar.value - bar.low, 0.0)], [max(bar.high - bar.value, 0.0)]],
+                        fmt="none", color="black", capsize=3, lw=1)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_xticks(range(len(panel.bars)), [b.label for b in panel.bars], rotation=35, ha="right", fontsize=8)
+        ax.set_title(panel.title, fontsize=10)
+        if panel.ylabel:
+            ax.set_ylabel(panel.ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
     return _save(fig, path)

@@ -8,6 +8,19 @@ accuracy is 100%). u (the shared, "universal" signal), v_1 (source-specific) and
 (target-specific) are orthonormal directions drawn once per seed and scaled by `shared`,
 `specific` and `target_specific`.
 
+Two parameters serve experiments that move the source while the target stays put (both off
+by default, and then the task draws exactly what it drew before they existed):
+
+* `target_signal`: the target's signal norm |mu_2| = sqrt(|u|^2 + |v_2|^2) held at this
+  value, so that changing |u| rotates the target's signal inside span{u, v_2} instead of
+  making the target easier: |v_2| = sqrt(target_signal^2 - |u|^2) (an error when |u| is
+  larger; `target_specific` must then be left unset). Since v_2 is a uniformly random
+  direction orthogonal to u, target tasks with equal `target_signal`, noise and size are
+  equal in law whatever |u| is, and scratch accuracy is too.
+* `overlap`: the cosine between v_1 and v_2, in [0, 1): v_2 = overlap v_1 + sqrt(1 -
+  overlap^2) v_2', v_2' the third orthonormal direction, so the target's specific signal
+  shares part of the source's. 0 (the default) is the orthogonal draw.
+
 Why the quick suite's variants land where they do (see suites/quick.toml, and the
 numbers in leaderboard/README.md):
 
@@ -63,9 +76,11 @@ class SignalNoise(Task):
         "lr": [1.0],
         "steps": [1000],
         "trace": [0],  # > 0: record the diagnostics every `trace` steps (trajectory plots)
+        "target_signal": [None],  # None: |v_2| is target_specific; a number: |mu_2| held there
+        "overlap": [0.0],  # cos(v_1, v_2); 0: orthogonal
     }
 
-    param_types = {"target_specific": float}
+    param_types = {"target_specific": float, "target_signal": float}
 
     def validate(self) -> None:
         if self.d < 4:
@@ -82,6 +97,18 @@ class SignalNoise(Task):
             or self.target_specific < 0
         ):
             raise ValueError(f"target_specific must be none or a non-negative number, got {self.target_specific!r}")
+        if self.target_signal is not None:
+            if not isinstance(self.target_signal, (int, float)) or isinstance(self.target_signal, bool) or not self.target_signal >= 0:
+                raise ValueError(f"target_signal must be none or a non-negative number, got {self.target_signal!r}")
+            if self.target_specific is not None:
+                raise ValueError("give target_signal (the target's |mu_2|) or target_specific (its |v_2|), not both")
+            if self.shared > self.target_signal:
+                raise ValueError(
+                    f"target_signal {self.target_signal:g} is smaller than shared {self.shared:g}: |mu_2|^2 = |u|^2 + |v_2|^2 "
+                    "cannot be below |u|^2; raise target_signal or lower shared"
+                )
+        if not 0 <= self.overlap < 1:  # also refuses nan
+            raise ValueError(f"overlap (the cosine between v_1 and v_2) must be in [0, 1), got {self.overlap}")
         for key in ("n_source", "n_target", "n_test", "m", "steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -94,10 +121,14 @@ class SignalNoise(Task):
 
     # -- data -----------------------------------------------------------------------------
     def directions(self, streams: RandomStreams) -> torch.Tensor:
-        """Orthonormal u, v_1, v_2 as the rows of a [3, d] tensor (shared by both roles)."""
+        """Unit u, v_1, v_2 as the rows of a [3, d] tensor (shared by both roles): orthonormal,
+        except that <v_1, v_2> = `overlap` when that is set."""
         g = torch.randn(self.d, 3, generator=streams.torch("directions"))
         q, _ = torch.linalg.qr(g)
-        return q.T.contiguous()
+        dirs = q.T.contiguous()
+        if self.overlap:  # v_2 tilted towards v_1; still a unit vector orthogonal to u
+            dirs[2] = self.overlap * dirs[1] + (1.0 - self.overlap**2) ** 0.5 * dirs[2]
+        return dirs
 
     def side(self, role: str) -> dict[str, Any]:
         """The numbers that differ between source and target."""
@@ -105,6 +136,8 @@ class SignalNoise(Task):
             return {"v": 1, "specific": self.specific, "noise": self.source_noise, "n": self.n_source}
         if role == "target":
             specific = self.specific if self.target_specific is None else self.target_specific
+            if self.target_signal is not None:
+                specific = max(self.target_signal**2 - self.shared**2, 0.0) ** 0.5
             return {"v": 2, "specific": specific, "noise": self.target_noise, "n": self.n_target}
         raise ValueError(f"unknown role {role!r}")
 
