@@ -484,7 +484,8 @@ def _index_context(
             tasks_of = sorted(table.loc[table["strategy"] == r.strategy, "task"])
             ranking.append(
                 {
-                    "place": i + 1,
+                    # strategies on fewer tasks than the others are not ranked with them
+                    "place": i + 1 if r.complete else "–",
                     "strategy": r.strategy,
                     "href": first.get((tasks_of[0], r.strategy)) if tasks_of else None,
                     "mean_rank": f"{r.mean_rank:.2f}",
