@@ -81,6 +81,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="re-run runs that are already stored")
     p.add_argument("--retry-failed", action="store_true", help="re-run only the stored runs that did not end ok")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="per-run time limit; a run past it is stored as timeout")
+    p.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait for a store another process holds locked before saying so; finished results "
+                        "are kept meanwhile (default: $PTBENCH_LOCK_TIMEOUT, else 60)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="where image datasets already on disk live (default: $PTBENCH_DATA)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="count", default=0, help="also print every finished run's status line")
@@ -99,6 +102,10 @@ log = logging.getLogger("ptbench.run")
 def main(args: argparse.Namespace) -> int:
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise PtbenchError(f"--timeout must be a finite positive number of seconds, got {args.timeout}")
+    if args.lock_timeout is not None:
+        if not (math.isfinite(args.lock_timeout) and args.lock_timeout > 0):
+            raise PtbenchError(f"--lock-timeout must be a finite positive number of seconds, got {args.lock_timeout}")
+        os.environ["PTBENCH_LOCK_TIMEOUT"] = repr(args.lock_timeout)  # read by the store (and inherited by workers)
     suite = load_suite(args.suite)
     adhoc = bool(args.task or args.strategy)
     check_size(suite, args.task or None, args.strategy or None, args.seeds, args.allow_huge)  # nothing built yet

@@ -136,6 +136,7 @@ CASES = [
     ("timeout-not-positive", None, run("--timeout", "0"), r"--timeout must be a finite positive number of seconds, got 0.0"),
     ("timeout-nan", None, run("--timeout", "nan"), r"--timeout must be a finite positive number of seconds, got nan"),
     ("timeout-inf", None, run("--timeout", "inf"), r"--timeout must be a finite positive number of seconds, got inf"),
+    ("lock-timeout-not-positive", None, run("--lock-timeout", "0"), r"--lock-timeout must be a finite positive number of seconds, got 0.0"),
     ("timeout-not-a-number", None, run("--timeout", "soon"), r"argument --timeout: invalid float value: 'soon'"),
     ("unknown-device", None, run("--device", "tpu"), r"unknown device 'tpu'; valid: auto, cpu, cuda"),
     ("data-dir-missing-files", _mkdir("empty"), run("--data-dir", "empty", task="mnist"),

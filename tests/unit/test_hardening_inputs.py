@@ -495,3 +495,12 @@ def test_a_damaged_row_is_one_line_when_read_and_a_sweep_will_not_write_into_it(
             run_sweep(specs(), store, executor=StubExecutor(), progress=False)
         assert len(store.statuses()) == 2  # nothing was written
     assert_one_line(cli("leaderboard", "--store", "s.db", "--out", "lb"), pattern.replace("'.*s.db'", "'s.db'"))
+
+
+def test_the_lock_timeout_flag_reaches_the_store(cli, task_spec, monkeypatch):
+    from ptbench.results.store import lock_timeout_from_env
+
+    monkeypatch.setenv("PTBENCH_LOCK_TIMEOUT", "60")  # restored after the test
+    res = cli("run", "--task", task_spec(), "--strategy", "scratch", "--seeds", "1", "--lock-timeout", "7.5", "--quiet", "--no-cache")
+    assert res.code == 0, res.err
+    assert lock_timeout_from_env() == 7.5
