@@ -114,6 +114,7 @@ def report(tmp_path_factory):
             "page": (out / "paper.md").read_text(), "json": json.loads((out / "paper.json").read_text())}
 
 
+@pytest.mark.slow  # shares the `report` fixture: a whole report with plots, written once (seconds)
 def test_writes_the_page_the_json_and_the_new_plots(report):
     names = {p.name for p in report["written"]}
     assert {"paper.md", "paper.json", "paper-heatmap-n_source.png", "paper-heatmap-source_noise.png", "paper-scaling.png",
@@ -122,12 +123,14 @@ def test_writes_the_page_the_json_and_the_new_plots(report):
         assert path.stat().st_size > 1000, path
 
 
+@pytest.mark.slow  # shares the `report` fixture: a whole report with plots, written once (seconds)
 def test_the_page_names_its_correction_and_margins(report):
     page = report["page"]
     assert "Holm's step-down" in page and "Benjamini-Hochberg" in page
     assert "TOST" in page and "±2 pp" in page and "one test example" in page
 
 
+@pytest.mark.slow  # shares the `report` fixture: a whole report with plots, written once (seconds)
 def test_the_json_lists_every_candidate_with_formula_threshold_and_cv_accuracy(report):
     data = report["json"]
     assert data["correction"]["method"] == "holm"
@@ -142,6 +145,7 @@ def test_the_json_lists_every_candidate_with_formula_threshold_and_cv_accuracy(r
     assert data["best"]["overall"] in {c.key for c in paper_scalars.CANDIDATES}
 
 
+@pytest.mark.slow  # shares the `report` fixture: a whole report with plots, written once (seconds)
 def test_the_scalar_fit_finds_the_law(report):
     """The sign follows |u|^2 against 0.4: M = |u|^2 must classify (nearly) every seed, its
     threshold must cover 0.4 (the grid's |u|^2 levels bracket it: 0.25 and 1), and it must
@@ -153,6 +157,7 @@ def test_the_scalar_fit_finds_the_law(report):
     assert 0.25 <= low <= high <= 1.0
 
 
+@pytest.mark.slow  # shares the `report` fixture: a whole report with plots, written once (seconds)
 def test_every_significant_reversal_is_in_the_text(report):
     """"More source data helps" is reversed at |u| = 0.25 and 0.5 by construction; every
     Holm-significant reversal the claims module finds has a row in the page's table."""
@@ -168,6 +173,7 @@ def test_every_significant_reversal_is_in_the_text(report):
         "go significantly against it" in report["page"]
 
 
+@pytest.mark.slow  # shares the `report` fixture: a whole report with plots, written once (seconds)
 def test_no_effect_is_said_only_after_a_tost(report):
     page = report["page"]
     # label flip does nothing in the law: somewhere it is shown unchanged, by TOST
@@ -178,6 +184,7 @@ def test_no_effect_is_said_only_after_a_tost(report):
         assert p.startswith("<") or float(p) < 0.05
 
 
+@pytest.mark.slow  # shares the `report` fixture: a whole report with plots, written once (seconds)
 def test_a_claimed_effect_has_a_corrected_interval_that_supports_it(report):
     pattern = re.compile(r"(raises|lowers) the (?:gain|target) by ([+-]?\d+\.\d) pp \[([+-]?\d+\.\d), ([+-]?\d+\.\d)\] \(Holm p ([^)]+)\)")
     found = 0
@@ -190,6 +197,7 @@ def test_a_claimed_effect_has_a_corrected_interval_that_supports_it(report):
     assert found >= 3
 
 
+@pytest.mark.slow  # shares the `report` fixture: a whole report with plots, written once (seconds)
 def test_controls_and_scaling_sections_read_the_law(report):
     page = report["page"]
     controls = page.split("## 10.", 1)[1]
@@ -199,6 +207,7 @@ def test_controls_and_scaling_sections_read_the_law(report):
     assert "SD over seeds" in scaling and "d=250" in scaling and "d=1000" in scaling
 
 
+@pytest.mark.slow  # shares the `report` fixture: a whole report with plots, written once (seconds)
 def test_the_verdicts_say_where_the_paper_fails(report):
     verdicts = report["page"].split("## The paper's claims, checked", 1)[1].split("**How the numbers", 1)[0]
     assert "more source data helps the target" in verdicts and "fails in part" in verdicts
@@ -215,6 +224,7 @@ def test_the_report_regenerates_from_the_store_alone(report, cli, tmp_path):
     assert json.loads((tmp_path / "again" / "paper.json").read_text()) == report["json"]
 
 
+@pytest.mark.slow  # shares the `report` fixture: a whole report with plots, written once (seconds)
 def test_holm_families_in_the_heatmap_hatch_only_significant_cells(report):
     df = paper.prepare(report["runs"])
     plane = paper.heatmap_slice(df, "n_source")

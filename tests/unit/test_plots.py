@@ -94,6 +94,7 @@ def test_the_report_writes_the_page_and_four_plots(paper):
     assert (out / "README.md").is_file()  # the generic leaderboard is still written
 
 
+@pytest.mark.slow  # shares the `paper` fixture: a whole report with plots, written once (seconds)
 def test_the_report_numbers_are_the_stored_numbers(paper):
     out, runs = paper
     page = (out / "paper.md").read_text()
