@@ -20,7 +20,11 @@ def _one_line(value: object) -> str:
 
 def code(value: object) -> str:
     """`value` as an inline code span that stays one table cell: one line, pipes escaped,
-    fenced with more backticks than it contains."""
+    fenced with more backticks than it contains. Text with HTML metacharacters becomes
+    escaped plain text instead (entities are not decoded inside a code span, and a page
+    must not carry raw HTML that some renderer could pass through)."""
+    if any(char in str(value) for char in "<>&"):
+        return text(_one_line(value))
     body = _one_line(value).replace("|", "\\|")
     run = longest = 0
     for char in body:
