@@ -4,6 +4,7 @@ order, in a fresh folder (real processes, a real quick suite): each must exit 0.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 import re
 import shlex
 import subprocess
@@ -51,11 +52,12 @@ def test_the_quick_start_then_every_using_it_command_exits_0(tmp_path):
     assert again.returncode == 0 and "0 run(s) done" in again.stderr and "unchanged, same results" in again.stderr
     # every example in every command's --help, on the same store (the paper suite's take
     # minutes and a store of their own: the paper suite's own test runs that suite)
-    for command in _help_examples(tmp_path):
-        if "--suite paper" in command:
-            continue
-        done = _ptbench(command, tmp_path)
-        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+    # independent of each other (they read the quick store, or write stores of their own),
+    # so two at a time, one per core
+    examples = [c for c in _help_examples(tmp_path) if "--suite paper" not in c]
+    with ThreadPoolExecutor(2) as pool:
+        for command, done in zip(examples, pool.map(lambda c: _ptbench(c, tmp_path), examples)):
+            assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
 
 
 def _help_examples(cwd: Path) -> list[str]:
