@@ -17,6 +17,7 @@ from ptbench.results import glossary
 from ptbench.results.query import find_run
 from ptbench.results.store import open_existing
 from ptbench.cli._common import add_store
+from ptbench.results.flatten import dotted
 
 NAME = "show"
 HELP = "print one run's record, diagnostics included"
@@ -57,20 +58,6 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys; lists summarised, since they are trajectories."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{name}."))
-        elif isinstance(value, list):
-            out[name] = f"[{len(value)} records]"
-        else:
-            out[name] = value
-    return out
-
-
 def _pct(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 100:.2f}%"
 
@@ -98,8 +85,8 @@ def render(run: pd.Series) -> str:
     if loose:
         sides = {"": loose, **sides}
     if sides:
-        keys = list(dict.fromkeys(k for side in sides.values() for k in _flat(side)))
-        flat = {name: _flat(side) for name, side in sides.items()}
+        keys = list(dict.fromkeys(k for side in sides.values() for k in dotted(side)))
+        flat = {name: dotted(side) for name, side in sides.items()}
         body = [[k] + [_number(flat[name].get(k, "")) for name in sides] for k in keys]
         lines += ["", "diagnostics (measured after training)", tabulate(body, headers=["", *sides], tablefmt="simple", disable_numparse=True)]
     else:

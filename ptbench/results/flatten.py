@@ -18,6 +18,23 @@ import pandas as pd
 PREFIX = "diag."
 
 
+def dotted(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys, for reading one run (`show`, the HTML run pages): lists
+    are summarised as "[n records]", since they are trajectories. Not a dict: nothing."""
+    out: dict[str, Any] = {}
+    if not isinstance(values, dict):
+        return out
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{name}."))
+        elif isinstance(value, list):
+            out[name] = f"[{len(value)} records]"
+        else:
+            out[name] = value
+    return out
+
+
 def _spread(values: Any, prefix: str, out: dict[str, Any]) -> None:
     if isinstance(values, dict):
         for key, value in values.items():

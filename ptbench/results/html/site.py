@@ -33,6 +33,7 @@ import pandas as pd
 from ptbench.errors import PtbenchError
 from ptbench.results import glossary as gl
 from ptbench.results.stats import Interval, mean_ci, overall_ranks, summarize
+from ptbench.results.flatten import dotted
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -147,22 +148,6 @@ def safe_id(task: str, strategy: str, seed: Any, key: str) -> str:
     readable = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{str(task).split('[', 1)[0]}_{strategy}_s{seed}").strip("-.")
     digest = hashlib.sha1(str(key).encode("utf-8")).hexdigest()[:10]
     return f"{readable[:60]}-{digest}"
-
-
-def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys; lists are summarised (they are trajectories)."""
-    out: dict[str, Any] = {}
-    if not isinstance(values, dict):
-        return out
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{name}."))
-        elif isinstance(value, list):
-            out[name] = f"[{len(value)} records]"
-        else:
-            out[name] = value
-    return out
 
 
 def _numeric(values: dict[str, Any]) -> dict[str, float]:
@@ -280,7 +265,7 @@ def diagnostics_chart(runs: pd.DataFrame, task: str, label: str, div_id: str, or
     per_strategy: dict[str, list[dict[str, float]]] = {}
     for r in runs.itertuples():
         diagnostics = r.diagnostics if isinstance(r.diagnostics, dict) else {}
-        values = _numeric(_flat(diagnostics.get("target") or {}))
+        values = _numeric(dotted(diagnostics.get("target") or {}))
         if values:
             per_strategy.setdefault(r.strategy, []).append(values)
     if not per_strategy:
@@ -355,7 +340,7 @@ def trajectory_chart(trajectory: Any, div_id: str) -> Any | None:
             {"text": f"{side} model", "x": left + width / 2, "y": 1.0, "xref": "paper", "yref": "paper",
              "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 14}}
         )
-        flats = [_numeric(_flat(rec)) for rec in records if isinstance(rec, dict)]
+        flats = [_numeric(dotted(rec)) for rec in records if isinstance(rec, dict)]
         steps = [f.get("step", i) for i, f in enumerate(flats)]
         for key in dict.fromkeys(k for f in flats for k in f if k != "step"):
             new = key not in colours
@@ -599,7 +584,7 @@ def _run_context(rec: dict[str, Any], siblings: list[dict[str, Any]], labels: di
     loose = {k: v for k, v in diagnostics.items() if not isinstance(v, dict)}
     if loose:
         sides = {"": loose, **sides}
-    flat = {name: _flat(side) for name, side in sides.items()}
+    flat = {name: dotted(side) for name, side in sides.items()}
     keys = list(dict.fromkeys(k for side in flat.values() for k in side))
     diag_rows = [[k] + [_plain(flat[name][k]) if k in flat[name] else "" for name in sides] for k in keys]
     error = None if _missing(r.get("error")) else str(r["error"])
