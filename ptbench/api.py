@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -289,6 +289,61 @@ class ValueRule:
 
 
 @dataclass
+class WeightPenalty:
+    """An L2 penalty in weight space, declared as data rather than coded as a hook, so that
+    every training path applies the same term: the per-run loop adds `value` to the loss, and
+    the batched engines fold it into their update (the signal-noise engine: a pull toward a
+    donor filter the training span also represents is a shrink of the filter's span
+    coefficients). L2-SP (Li et al. 2018) is this penalty:
+
+        toward_donor/2 * sum over `inherited` entries of (w - w_donor)^2
+      + toward_zero/2  * sum over every other entry of w^2
+
+    `inherited` holds bool masks of parameter shapes (usually the plan's copy masks); a
+    parameter without a mask is wholly "other". Sums, not means: the weights are per squared
+    unit of distance."""
+
+    toward_donor: float = 0.0
+    toward_zero: float = 0.0
+    inherited: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, weight in (("toward_donor", self.toward_donor), ("toward_zero", self.toward_zero)):
+            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"WeightPenalty.{name} must be a finite number >= 0, got {weight!r}")
+
+    def active(self) -> bool:
+        return bool(self.toward_donor or self.toward_zero)
+
+    def value(self, named_parameters: "Iterable[tuple[str, torch.Tensor]]", reference: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The penalty for these parameters, `reference` holding the donor's (None: inactive)."""
+        if not self.active():
+            return None
+        pull = shrink = None
+        device = None
+        for name, param in named_parameters:
+            device = param.device
+            mask = self.inherited.get(name)
+            inherited = mask.to(param.device) if mask is not None else None
+            # Masks multiply rather than index: no data-dependent shapes, no device sync.
+            if inherited is not None and self.toward_donor:
+                term = (((param - reference[name]) ** 2) * inherited).sum()
+                pull = term if pull is None else pull + term
+            if self.toward_zero:
+                term = (param**2).sum() if inherited is None else ((param**2) * ~inherited).sum()
+                shrink = term if shrink is None else shrink + term
+        total = torch.zeros((), device=device)
+        if pull is not None:
+            total = total + 0.5 * self.toward_donor * pull
+        if shrink is not None:
+            total = total + 0.5 * self.toward_zero * shrink
+        return total
+
+    def to(self, device: str | torch.device) -> "WeightPenalty":
+        return WeightPenalty(self.toward_donor, self.toward_zero, {k: v.to(device) for k, v in self.inherited.items()})
+
+
+@dataclass
 class TransferPlan:
     """What the target model takes from the donor, where it starts, and how it trains.
 
@@ -304,6 +359,8 @@ class TransferPlan:
       learning rate for GD, SGD (momentum, weight decay) and AdamW, whose step is the
       learning rate times a quantity that does not depend on it. The signal-noise engine
       takes whole-filter scales (it multiplies a filter's GD step).
+    * `penalty`: a `WeightPenalty` added to the training loss (L2-SP's pull toward the
+      donor's weights), or None.
 
     Parameters missing from a dict are not inherited, start fresh, train at the budget's
     learning rate and are not frozen. A plan is pure data (tensors, no callables), so the
@@ -318,6 +375,7 @@ class TransferPlan:
     notes: dict[str, Any] = field(default_factory=dict)
     init: dict[str, ValueRule] = field(default_factory=dict)
     lr_scale: dict[str, torch.Tensor] = field(default_factory=dict)
+    penalty: WeightPenalty | None = None
 
     # -- building plans -------------------------------------------------------------------
     @classmethod
@@ -447,6 +505,7 @@ class TransferPlan:
             notes=dict(self.notes),
             init={k: v.to(device) for k, v in self.init.items()},
             lr_scale={k: v.to(device) for k, v in self.lr_scale.items()},
+            penalty=self.penalty.to(device) if self.penalty is not None else None,
         )
 
     def lr_scales(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -467,7 +526,8 @@ class TransferPlan:
         """Raise ValueError when a mask, rule or scale names an unknown parameter or has a
         shape that does not fit it."""
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-        for kind, masks in (("copy", self.copy), ("freeze", self.freeze)):
+        inherited = self.penalty.inherited if self.penalty is not None else {}
+        for kind, masks in (("copy", self.copy), ("freeze", self.freeze), ("penalty", inherited)):
             for name, mask in masks.items():
                 if name not in shapes:
                     raise ValueError(f"{kind} mask for unknown parameter {name!r}")
@@ -630,16 +690,22 @@ class Strategy(Parametrized):
     """How the target model inherits from a trained model.
 
     Most strategies only implement `plan`, and their plans say everything: which entries
-    inherit (`copy`), where entries start (`init`: value rules), which stay fixed (`freeze`)
-    and how fast each trains (`lr_scale`). Such a strategy keeps the batched engine.
-    `donor` says which trained model they inherit from: the source model, or (the selffer
-    control of Yosinski et al.) a model trained on the target task itself. The optional hooks
-    below change training (or plan on target data); a strategy that overrides
-    `plan_with_data`, `regularizer`, `batch_regularizer` or `phases` runs on the per-run
-    training path (`customises_training`). CONTRIBUTING.md's table lists what each costs.
+    inherit (`copy`), where entries start (`init`: value rules), which stay fixed (`freeze`),
+    how fast each trains (`lr_scale`) and what weight penalty training adds (`penalty`).
+    `donor` says which trained model they inherit from: the source model, a model trained on
+    the target task itself (the selffer control of Yosinski et al.), or None: the strategy
+    inherits nothing (scratch), so a group of such strategies trains no source model.
+
+    The optional hooks below change training or plan on target data. Which path a run takes
+    is decided once, by `ptbench.run.protocol.batched_refusal`: `regularizer` (arbitrary code
+    on the model each step) always trains per run; `phases` and `batch_regularizer` train on
+    a task's batched engine when its `supports` accepts them (the vmapped image engine
+    batches both; `batch_regularizer` only with `batchable_regularizer = True`);
+    `plan_with_data` only plans, and `context.train_many` trains its candidates as one
+    batch. CONTRIBUTING.md's table lists what each costs.
     """
 
-    donor: ClassVar[str] = "source"
+    donor: ClassVar[str | None] = "source"
     #: Names in the task's `TaskData.extras` that planning needs (signal-noise names its signal
     #: "directions"); they reach `plan_with_extras`. On a task without them the run fails with
     #: a message that says so, and the contract checks skip that task (not applicable).
@@ -647,6 +713,12 @@ class Strategy(Parametrized):
     #: Whether `batch_regularizer` wants the donor's features of each batch (one more forward
     #: pass per step, through the donor, without gradient).
     needs_donor_features: ClassVar[bool] = False
+    #: A promise that lets a batched engine run `batch_regularizer` under torch.func.vmap: it
+    #: reads the batch's tensors (x, y, output, features, donor_features) and the plan, reads
+    #: `batch.model` only for its structure (`feature_layers()`), never its parameters, and
+    #: uses only operations vmap can batch (no in-place writes to inputs, no `.item()`, no
+    #: data-dependent shapes). Without it the strategy trains per run.
+    batchable_regularizer: ClassVar[bool] = False
 
     def plan(self, source: TransferModel, target: TransferModel, rng: torch.Generator) -> TransferPlan:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -698,8 +770,15 @@ class Strategy(Parametrized):
         return None
 
     @classmethod
+    def has_weight_hook(cls) -> bool:
+        """Whether the strategy overrides `regularizer`: arbitrary code on the model each step,
+        which only the per-run training loop can run."""
+        return cls.regularizer is not Strategy.regularizer
+
+    @classmethod
     def customises_training(cls) -> bool:
-        """Whether the strategy overrides a hook that needs the per-run training path."""
+        """Whether the strategy overrides any hook beyond planning from the models (each may
+        cost more than a plain plan; `has_weight_hook` is the one that forces the per-run path)."""
         return (
             cls.regularizer is not Strategy.regularizer
             or cls.batch_regularizer is not Strategy.batch_regularizer
@@ -715,7 +794,12 @@ class PlanContext:
     task's budget with the harness's own training loop, `evaluate(model, split)` (accuracy),
     `loss(model, split)` (the budget's loss on a split, no gradient), and `extras`: what the
     task's target data names about itself (signal-noise: its signal "directions" u, v_1, v_2),
-    empty for tasks that name nothing."""
+    empty for tasks that name nothing.
+
+    `train_many(models, split, plans)` trains several models on one split as `train` would,
+    one after the other, and returns per model None (trained) or the `Diverged` error that
+    ended it; where the task's batched engine supports them it trains them as one program
+    (auto-fraction's candidates). Every model sees the minibatches `train` would give it."""
 
     train_data: Split
     budget: TrainBudget
@@ -726,6 +810,7 @@ class PlanContext:
     evaluate: Any  # Callable[[TransferModel, Split], float]
     loss: Any = None  # Callable[[TransferModel, Split], float]
     extras: dict[str, Any] = field(default_factory=dict)
+    train_many: Any = None  # Callable[[list[TransferModel], Split, list[TransferPlan]], list[Diverged | None]]
 
 
 # --------------------------------------------------------------------------- runs

@@ -652,9 +652,9 @@ def _plan_for(strategy: Strategy, task: Task, env: CheckEnv, seed: int, snapshot
     (`ptbench.run.protocol.make_plan`) for this seed, with an untrained donor and, for
     data-hungry strategies, a short training budget. A broken protocol is a failed check."""
     streams = RandomStreams(seed)
-    if strategy.donor not in DONORS:
-        raise CheckFailed(f"donor is {strategy.donor!r}; use one of: {', '.join(DONORS)}")
-    role, init = DONORS[strategy.donor]
+    if strategy.donor is not None and strategy.donor not in DONORS:
+        raise CheckFailed(f"donor is {strategy.donor!r}; use one of: {', '.join(DONORS)} (or None: inherit nothing)")
+    role, init = DONORS[strategy.donor or "source"]
     donor = _model(task, role, streams.torch(init)).to(env.device)
     target = _model(task, "target", streams.torch("target-init")).to(env.device)
     before = {"donor": protocol.snapshot(donor), "fresh": protocol.snapshot(target)}

@@ -9,16 +9,16 @@ head, filters a task does not inherit). Plain weight decay pulls the inherited w
 zero, which forgets what they learned; L2-SP pulls them toward what they learned instead, so
 fine-tuning may only move as far from the source as the target data pays for.
 
-This file is also the example of a training hook: `regularizer` is called every step with
-the donor's parameters (`reference`), and any strategy that overrides it runs on the per-run
-training path. Sums, not means, as in the paper: alpha is per squared unit of distance.
+The penalty is declared in the plan (`plan.penalty`, a `WeightPenalty`), not coded as a
+`regularizer` hook, so every training path applies the same term: the per-run loop adds it
+to the loss, the batched engines fold it into their step (on the signal-noise CNN, a pull of
+an inherited filter toward its source value shrinks the filter's span coefficients). Sums,
+not means, as in the paper: alpha is per squared unit of distance.
 """
 
 from __future__ import annotations
 
-import torch
-
-from ptbench.api import Strategy, TransferPlan
+from ptbench.api import Strategy, TransferPlan, WeightPenalty
 
 
 class L2SP(Strategy):
@@ -32,25 +32,7 @@ class L2SP(Strategy):
             raise ValueError(f"alpha and beta must be non-negative, got alpha={self.alpha}, beta={self.beta}")
 
     def plan(self, source, target, rng):
-        return TransferPlan.full(source, target)
-
-    def regularizer(self, model, reference, plan):
-        if self.alpha == 0 and self.beta == 0:
-            return None
-        pull = shrink = None
-        for name, param in model.named_parameters():
-            mask = plan.copy.get(name)
-            inherited = mask.to(param.device) if mask is not None else None
-            # Masks multiply rather than index: no data-dependent shapes, no device sync.
-            if inherited is not None and self.alpha:
-                term = (((param - reference[name]) ** 2) * inherited).sum()
-                pull = term if pull is None else pull + term
-            if self.beta:
-                term = (param**2).sum() if inherited is None else ((param**2) * ~inherited).sum()
-                shrink = term if shrink is None else shrink + term
-        total = torch.zeros((), device=next(model.parameters()).device)
-        if pull is not None:
-            total = total + 0.5 * self.alpha * pull
-        if shrink is not None:
-            total = total + 0.5 * self.beta * shrink
-        return total
+        plan = TransferPlan.full(source, target)
+        if self.alpha or self.beta:
+            plan.penalty = WeightPenalty(self.alpha, self.beta, {name: mask.clone() for name, mask in plan.copy.items()})
+        return plan

@@ -31,7 +31,8 @@ def train_donors(engine: BatchedEngine, donor: str, missing: list[tuple[GroupSta
     start = time.perf_counter()
     exits.now("source model", [spec.key for state, _, _ in missing for spec in state.group.specs])
     try:
-        outcomes = engine.train([BatchJob(model, data.train) for _, model, data in missing], budget)
+        batches = DONORS[donor][1] + "-batches"
+        outcomes = engine.train([BatchJob(model, data.train, batches=state.streams.torch(batches)) for state, model, data in missing], budget)
     except BaseException as err:  # SystemExit, KeyboardInterrupt from plugin code fail the runs too
         exits.reraise_users(err)
         for state, _, _ in missing:
@@ -65,7 +66,12 @@ def train_runs(engine: BatchedEngine, runs: list[PlannedRun], options) -> list[R
     deadline = deadline_after(options.timeout, len(runs))
     exits.now("batched training", [run.spec.key for run in runs])
     try:
-        outcomes = engine.train([BatchJob(run.target, run.state.target_data.train, run.plan) for run in runs], budget, deadline)
+        jobs = [
+            BatchJob(run.target, run.state.target_data.train, run.plan, batches=run.state.streams.torch("target-batches"),
+                     strategy=run.spec.strategy, donor=run.state.donor_model(run.spec.strategy))
+            for run in runs
+        ]
+        outcomes = engine.train(jobs, budget, deadline)
     except RunTimeout as err:
         return [
             RunResult.for_spec(run.spec, status="timeout", error=f"{err} ({len(runs)} runs, {options.timeout:g} s each)", **common)

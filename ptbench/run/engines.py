@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ptbench.api import Split, TrainBudget, TransferModel, TransferPlan
+from ptbench.api import Split, Strategy, TrainBudget, TransferModel, TransferPlan
 
 
 @dataclass
@@ -30,11 +30,19 @@ class BatchJob:
     """One model to train: its initial weights (plan applied), its training split and plan.
 
     Jobs that pass the *same* split object share its precomputation (the strategies of one
-    seed share their target data), which is why the engine groups jobs by split identity."""
+    seed share their target data), which is why the engine groups jobs by split identity.
+    `batches` is the generator the per-run loop would draw this job's minibatch order from
+    (engines with minibatches must draw the same order: equal runs on either path);
+    `strategy` carries the hooks an engine accepted in `supports` (`phases`,
+    `batch_regularizer`); `donor` is the model the plan inherits from, read (never written)
+    for a plan's `penalty` and for donor features."""
 
     model: TransferModel
     data: Split
     plan: TransferPlan | None = None
+    batches: torch.Generator | None = None
+    strategy: Strategy | None = None
+    donor: TransferModel | None = None
 
 
 @dataclass
@@ -55,9 +63,10 @@ class BatchedEngine:
     #: runs a whole batched unit (data, programs, diagnostics) under it.
     threads: int | None = None
 
-    def supports(self, model: TransferModel, budget: TrainBudget, plan: TransferPlan | None) -> str | None:
-        """None when the engine trains this model under this budget and plan exactly as the
-        per-run path would; otherwise the reason it does not (the run then goes per-run)."""
+    def supports(self, model: TransferModel, budget: TrainBudget, plan: TransferPlan | None, strategy: Strategy | None = None) -> str | None:
+        """None when the engine trains this model under this budget, plan and strategy hooks
+        (`phases`, `batch_regularizer`; None: a donor, no hooks) exactly as the per-run path
+        would; otherwise the reason it does not (the run then goes per-run)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def train(self, jobs: Sequence[BatchJob], budget: TrainBudget, deadline: float | None = None) -> list[JobOutcome]:

@@ -37,8 +37,10 @@ class Group:
         return [spec.strategy for spec in self.specs]
 
     def donors_needed(self) -> list[str]:
-        """The source model always (its accuracy is on every row), others when asked for."""
-        return ["source"] + [d for d in DONORS if d != "source" and any(s.donor == d for s in self.strategies)]
+        """The donors some strategy of the group inherits from. A group of strategies that
+        inherit nothing (`donor = None`: scratch) needs none, and trains no source model; its
+        rows still show the source model's accuracy when the cache holds it."""
+        return [d for d in DONORS if any(s.donor == d for s in self.strategies)]
 
 
 def group_specs(specs: Iterable[RunSpec]) -> list[Group]:
@@ -74,6 +76,15 @@ class GroupState:
     budget: TrainBudget | None = None
     donors: dict[str, Trained] = field(default_factory=dict)
     failure: tuple[str, str] | None = None
+    #: Models planned against that are not trained donors (the untrained stand-in that
+    #: strategies with `donor = None` plan against).
+    extra_donors: dict[str, torch.nn.Module] = field(default_factory=dict)
+
+    def donor_model(self, strategy: Strategy) -> torch.nn.Module | None:
+        """The model `strategy` inherits from (None for a strategy that inherits nothing)."""
+        if strategy.donor is None:
+            return self.extra_donors.get("untrained")
+        return self.donors[strategy.donor].model
 
     @property
     def task(self) -> Task:

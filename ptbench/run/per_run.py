@@ -58,15 +58,16 @@ class PlannedRun:
 def diagnostics_of(state: GroupState, run: PlannedRun, target_trajectory: list) -> dict:
     """The stored diagnostics: {"source": ..., "target": ...}, trajectories when traced, and
     what the strategy chose while planning (plan.notes) as "strategy"."""
-    source = state.donors["source"]
+    source = state.donors.get("source")
     out: dict = {}
-    if source.diagnostics:
+    if source is not None and source.diagnostics:
         out["source"] = source.diagnostics
     target = state.task.diagnostics(run.target, state.target_data, run.plan)
     if target:
         out["target"] = target
-    if source.trajectory or target_trajectory:
-        out["trajectory"] = {"source": source.trajectory, "target": target_trajectory}
+    source_trajectory = source.trajectory if source is not None else []
+    if source_trajectory or target_trajectory:
+        out["trajectory"] = {"source": source_trajectory, "target": target_trajectory}
     if run.plan.notes:
         out["strategy"] = dict(run.plan.notes)
     return out
@@ -76,13 +77,13 @@ def train_planned(run: PlannedRun, device: str) -> RunResult:
     """Train one planned run on the per-run loop and measure it."""
     state, spec, strategy = run.state, run.spec, run.spec.strategy
     common = state.source_fields(device)
-    donor = state.donors[strategy.donor].model
+    donor = state.donor_model(strategy)
     budget = state.budget
     start = time.perf_counter()
     exits.now("training", [spec.key])
     try:
         with donor_guard(donor, strategy):
-            reference = snapshot(donor) if strategy.customises_training() else None
+            reference = snapshot(donor) if strategy.has_weight_hook() or run.plan.penalty is not None else None
             trajectory, observer = tracer(state.task, state.target_data, run.plan)
             train(
                 run.target, state.target_data.train, budget, state.streams.torch("target-batches"), run.plan, strategy, reference,

@@ -22,8 +22,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from ..api import PlanContext, Split, Strategy, Task, TrainBudget, TransferModel, TransferPlan
+from ..api import Diverged, PlanContext, Split, Strategy, Task, TrainBudget, TransferModel, TransferPlan
 from ..rng import RandomStreams
+from .engines import BatchJob
 from .training import accuracy, held_out_loss, train
 
 
@@ -76,10 +77,27 @@ def donor_guard(donor: nn.Module, strategy: Strategy, during: str = "while train
 
 def plan_context(
     task: Task, train_data: Split | None, budget: TrainBudget, streams: RandomStreams, device: str,
-    deadline: float | None = None, extras: dict | None = None,
+    deadline: float | None = None, extras: dict | None = None, engine=None,
 ) -> PlanContext:
     """What `Strategy.plan_with_data` may use; its training loop is the harness's own,
-    drawing minibatches from the `plan-batches` stream and bounded by the run's deadline."""
+    drawing minibatches from the `plan-batches` stream and bounded by the run's deadline.
+    `train_many` hands the models to the task's batched `engine` as one program when the
+    engine supports every one of them (else it loops over `train`): the same minibatches,
+    the same deadline, the same Diverged outcome per model."""
+
+    def train_many(models: list[TransferModel], split: Split, plans: list[TransferPlan | None]) -> list[Diverged | None]:
+        if engine is not None and all(batched_refusal(engine, task, None, m, budget, p) is None for m, p in zip(models, plans)):
+            jobs = [BatchJob(m, split, p, batches=streams.torch("plan-batches")) for m, p in zip(models, plans)]
+            return [None if o.status == "ok" else Diverged(o.error or o.status) for o in engine.train(jobs, budget, deadline)]
+        out: list[Diverged | None] = []
+        for model, plan in zip(models, plans):
+            try:
+                train(model, split, budget, streams.torch("plan-batches"), plan, deadline=deadline)
+                out.append(None)
+            except Diverged as err:
+                out.append(err)
+        return out
+
     return PlanContext(
         train_data=train_data,
         budget=budget,
@@ -90,6 +108,7 @@ def plan_context(
         evaluate=lambda model, split: accuracy(model, split, budget.loss),
         loss=lambda model, split: held_out_loss(model, split, budget.loss),
         extras=dict(extras or {}),
+        train_many=train_many,
     )
 
 
@@ -124,7 +143,21 @@ def make_plan(strategy: Strategy, donor: TransferModel, target: TransferModel, s
         plan.check_against(target)
     except ValueError as err:
         raise PlanError(f"strategy {strategy.instance_name}: {err}", "shape", plan) from None
+    if strategy.donor is None and inherits_anything(plan):
+        raise PlanError(
+            f"strategy {strategy.instance_name} declares donor = None (it inherits nothing, so no source model is "
+            "trained for it), but its plan copies entries, reads the donor in a value rule or pulls toward it; "
+            "set donor = \"source\"",
+            "type", plan,
+        )
     return plan
+
+
+def inherits_anything(plan: TransferPlan) -> bool:
+    """Whether the plan's target reads the donor at all: a copied entry (every value rule
+    reads only copied entries) or a penalty toward the donor's weights."""
+    penalty = plan.penalty is not None and plan.penalty.toward_donor and any(bool(m.any()) for m in plan.penalty.inherited.values())
+    return any(bool(mask.any()) for mask in plan.copy.values()) or bool(penalty)
 
 
 def plan_target(strategy: Strategy, donor: TransferModel, target: TransferModel, streams: RandomStreams, context: PlanContext) -> TransferPlan:
@@ -138,14 +171,15 @@ def plan_target(strategy: Strategy, donor: TransferModel, target: TransferModel,
 def batched_refusal(engine, task: Task, strategy: Strategy, target: TransferModel, budget: TrainBudget, plan: TransferPlan | None) -> str | None:
     """Why this planned run cannot go on the batched engine, or None when it goes there.
     The one place the path is decided: no engine, a task that traces training, a strategy
-    with a training hook, or what the engine's own `supports` refuses."""
+    with a `regularizer` hook (arbitrary code on the model), or what the engine's own
+    `supports` refuses (it sees the strategy, for its `phases` and `batch_regularizer`)."""
     if engine is None:
         return "the task has no batched engine (or --no-batch)"
     if task.trace_every() > 0:
         return "the task records trajectories during training"
-    if strategy is not None and strategy.customises_training():
-        return f"strategy {strategy.instance_name} has a training hook"
-    return engine.supports(target, budget, plan)
+    if strategy is not None and strategy.has_weight_hook():
+        return f"strategy {strategy.instance_name} has a regularizer hook"
+    return engine.supports(target, budget, plan, strategy)
 
 
 def deadline_after(timeout: float | None, runs: int = 1) -> float | None:

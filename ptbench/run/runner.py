@@ -49,6 +49,9 @@ def _run(task: Task, groups: list[Group], engine, options: RunOptions) -> list[R
     states = [_prepare(task, group, device) for group in groups]
     for donor in DONORS:
         _obtain_donors(task, donor, [s for s in states if s.failure is None and donor in s.group.donors_needed()], engine, options, cache)
+    for state in states:  # the source column of donor-free groups: from the cache, never trained
+        if state.failure is None and "source" not in state.donors:
+            _cached_source(task, state, device, cache)
     results: list[RunResult] = []
     queued: list[PlannedRun] = []
     for state in states:
@@ -56,7 +59,7 @@ def _run(task: Task, groups: list[Group], engine, options: RunOptions) -> list[R
             results += state.failed_results(device)
             continue
         for spec in state.group.specs:
-            planned = plan_run(spec, state, options)
+            planned = plan_run(spec, state, options, engine)
             if isinstance(planned, RunResult):
                 results.append(planned)
             elif batched_refusal(engine, task, spec.strategy, planned.target, state.budget, planned.plan) is None:
@@ -113,19 +116,41 @@ def _obtain_donors(task: Task, donor: str, states: list[GroupState], engine, opt
             save_donor(task, donor, state.group.seed, trained, cache)
 
 
-def plan_run(spec: RunSpec, state: GroupState, options: RunOptions) -> PlannedRun | RunResult:
+def _cached_source(task: Task, state: GroupState, device: str, cache: DonorCache) -> None:
+    try:
+        trained = cached_donor(task, "source", state.streams, device, cache)
+    except PtbenchError:
+        raise
+    except BaseException as err:  # a plugin's model that fails to build: the runs will say so
+        exits.reraise_users(err)
+        return
+    if trained is not None:
+        state.donors["source"] = trained
+
+
+def _null_donor(state: GroupState, device: str):
+    """What a strategy that inherits nothing (`donor = None`) plans against: the source
+    model's fresh, untrained initialisation, built once per group. Planning must then copy
+    nothing (`protocol.make_plan` checks), so no number can depend on it."""
+    if "untrained" not in state.extra_donors:
+        state.extra_donors["untrained"] = fresh_donor(state.task, "source", state.streams, device)
+    return state.extra_donors["untrained"]
+
+
+def plan_run(spec: RunSpec, state: GroupState, options: RunOptions, engine=None) -> PlannedRun | RunResult:
     """The run's fresh target with its plan applied, or the RunResult of a failed plan."""
     strategy, device = spec.strategy, options.device
     common = state.source_fields(device)
-    if strategy.donor not in state.donors:
-        return RunResult.for_spec(spec, status="failed", error=f"unknown donor {strategy.donor!r}; use one of: {', '.join(DONORS)}", **common)
+    if strategy.donor is not None and strategy.donor not in state.donors:
+        return RunResult.for_spec(spec, status="failed", error=f"unknown donor {strategy.donor!r}; use one of: {', '.join(DONORS)} (or None: inherit nothing)", **common)
     start = time.perf_counter()
     deadline = deadline_after(options.timeout)
     exits.now("planning", [spec.key])
     try:
         target = state.task.model("target", state.streams.torch("target-init")).to(device)
-        context = plan_context(state.task, state.target_data.train, state.budget, state.streams, device, deadline, state.target_data.extras)
-        plan = plan_target(strategy, state.donors[strategy.donor].model, target, state.streams, context)
+        context = plan_context(state.task, state.target_data.train, state.budget, state.streams, device, deadline, state.target_data.extras, engine)
+        donor = _null_donor(state, device) if strategy.donor is None else state.donors[strategy.donor].model
+        plan = plan_target(strategy, donor, target, state.streams, context)
     except BaseException as err:  # SystemExit, KeyboardInterrupt from plugin code fail the run too
         exits.reraise_users(err)
         return failed_result(spec, err, **common)

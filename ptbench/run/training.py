@@ -122,8 +122,9 @@ def train(
     """Train `model` on `data` for the budget's steps; minibatch order comes from `generator`.
 
     `deadline` is a time.monotonic() value past which training stops with RunTimeout.
-    `donor` is the model the plan inherits from; only a strategy's `batch_regularizer` with
-    `needs_donor_features` reads it (its features, without gradient).
+    `donor` is the model the plan inherits from; a strategy's `batch_regularizer` with
+    `needs_donor_features` reads its features (without gradient), and a plan's `penalty` its
+    weights (`reference`, a copy, when not given).
     """
     plan = plan or TransferPlan.nothing()
     phases = strategy.phases(budget.steps, plan, model) if strategy else [(budget.steps, plan.freeze)]
@@ -133,6 +134,11 @@ def train(
     wants_donor = batch_hook and type(strategy).needs_donor_features
     if wants_donor and donor is None:
         raise ValueError(f"strategy {strategy.instance_name} needs the donor's features, and no donor was given to train()")
+    penalty = plan.penalty if plan.penalty is not None and plan.penalty.active() else None
+    if penalty is not None and reference is None:
+        if donor is None:
+            raise ValueError("the plan has a weight penalty toward the donor, and no donor (or reference) was given to train()")
+        reference = {name: p.detach().clone() for name, p in donor.named_parameters()}
     # learning-rate scales: 0 holds an entry (as frozen), 1 leaves it alone, others scale the step
     scales = {name: plan.lr_scales(name, tuple(params[name].shape)).to(params[name].device) for name in plan.lr_scale if name in params}
     held = {name: scale == 0 for name, scale in scales.items() if bool((scale == 0).any())}
@@ -174,10 +180,12 @@ def train(
                 loss = loss_fn(budget.loss, output, yb)
             else:
                 loss = loss_fn(budget.loss, model(xb), yb)
-            if strategy is not None and reference is not None:
+            if strategy is not None and reference is not None and strategy.has_weight_hook():
                 extra = _scalar_term(strategy.regularizer(model, reference, plan), strategy, "regularizer")
                 if extra is not None:
                     loss = loss + extra
+            if penalty is not None:
+                loss = loss + penalty.value(model.named_parameters(), reference)
             if batch_hook:
                 seen = donor_features(donor, xb) if wants_donor else None
                 batch_view = RegularizerBatch(xb, yb, step, model, output, features, seen, plan)

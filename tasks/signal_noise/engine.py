@@ -40,7 +40,7 @@ from typing import Sequence
 
 import torch
 
-from ptbench.api import RunTimeout, Split, TrainBudget, TransferModel, TransferPlan
+from ptbench.api import RunTimeout, Split, Strategy, TrainBudget, TransferModel, TransferPlan
 from ptbench.run.engines import BatchedEngine, BatchJob, JobOutcome, torch_threads
 
 from .data import PatchSplit
@@ -90,7 +90,13 @@ class TwoLayerCNNEngine(BatchedEngine):
         self.flops = 0.0
 
     # -- what it can do ---------------------------------------------------------------------
-    def supports(self, model: TransferModel, budget: TrainBudget, plan: TransferPlan | None) -> str | None:
+    def supports(self, model: TransferModel, budget: TrainBudget, plan: TransferPlan | None, strategy: Strategy | None = None) -> str | None:
+        if strategy is not None and type(strategy).phases is not Strategy.phases:
+            return f"strategy {strategy.instance_name} trains in phases"
+        if strategy is not None and type(strategy).batch_regularizer is not Strategy.batch_regularizer:
+            return f"strategy {strategy.instance_name} has a batch regulariser"
+        if plan is not None and plan.penalty is not None and plan.penalty.active():
+            return "plan has a weight penalty"
         if type(model) is not TwoLayerReLUCNN:
             return f"the engine trains TwoLayerReLUCNN only, not {type(model).__name__}"
         if budget.optimizer != "gd" or budget.momentum or budget.weight_decay:
@@ -114,7 +120,7 @@ class TwoLayerCNNEngine(BatchedEngine):
 
     def _train(self, jobs: Sequence[BatchJob], budget: TrainBudget, deadline: float | None) -> list[JobOutcome]:
         for job in jobs:
-            reason = self.supports(job.model, budget, job.plan)
+            reason = self.supports(job.model, budget, job.plan, job.strategy)
             if reason:
                 raise ValueError(f"TwoLayerCNNEngine cannot train this job: {reason}")
         outcomes = [JobOutcome() for _ in jobs]

@@ -68,10 +68,12 @@ def test_l2_sp_penalty_is_half_alpha_squared_distance_on_inherited_and_half_beta
     with torch.no_grad():
         target.W.add_(0.1)  # every entry moved by 0.1
     inherited = plan.copy["W"]
-    strategy = L2SP(alpha=0.3, beta=0.2)
+    penalty = L2SP(alpha=0.3, beta=0.2).plan(source, target, streams.torch("plan")).penalty
+    penalty.inherited = {"W": inherited}  # the partial plan's masks, to test both terms
     expected = 0.5 * 0.3 * 0.01 * int(inherited.sum()) + 0.5 * 0.2 * float((target.W.detach()[~inherited] ** 2).sum())
-    assert float(strategy.regularizer(target, reference, plan).detach()) == pytest.approx(expected, rel=1e-5)
-    assert L2SP(alpha=0.0, beta=0.0).regularizer(target, reference, plan) is None
+    assert float(penalty.value(target.named_parameters(), reference).detach()) == pytest.approx(expected, rel=1e-5)
+    assert L2SP(alpha=0.0, beta=0.0).plan(source, target, streams.torch("plan")).penalty is None
+    assert not L2SP.has_weight_hook()  # declared in the plan, so the engines may batch it
 
 
 # --------------------------------------------------------------------------- lp-ft

@@ -30,7 +30,7 @@ def run(registry, task, *strategies: str, seed: int = 0) -> dict:
 
 def test_a_strong_shared_signal_is_what_the_source_filters_learn(registry, make_task):
     task = make_task(shared=2.0, specific=0.5, label_flip=0.0)
-    source = run(registry, task, "scratch")["scratch"].diagnostics["source"]
+    source = run(registry, task, "full")["full"].diagnostics["source"]
     # oriented signal learning: class +1 filters along +u, class -1 along -u
     assert source["u_mean_all"] > 0.5
     assert source["u_max_all"] > 3 * source["v1_max_all"]
@@ -87,7 +87,7 @@ def test_noise_memorisation_grows_when_training_is_harmful(registry, make_task):
     # few examples, much noise, weak signal in high dimension: the model fits its
     # training set by memorising noise patches
     task = make_task(d=400, shared=0.3, specific=0.3, source_noise=1.0, n_source=20, steps=60, trace=20)
-    source = run(registry, task, "scratch")["scratch"].diagnostics["trajectory"]["source"]
+    source = run(registry, task, "full")["full"].diagnostics["trajectory"]["source"]
     assert source[-1]["noise_all"] > 3 * source[0]["noise_all"]
     assert source[-1]["noise_all"] > 10 * source[-1]["u_max_all"]
 

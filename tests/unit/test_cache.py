@@ -121,12 +121,12 @@ def test_a_cache_file_holding_an_arbitrary_pickled_object_is_refused_and_retrain
 
 def test_a_cache_file_for_another_key_is_retrained_with_a_warning(tmp_path):
     cache = tmp_path / "cache"
-    sweep(tmp_path / "a.db", [Scratch()], cache, seeds=(0, 1))
+    sweep(tmp_path / "a.db", [Full()], cache, seeds=(0, 1))
     first, second = sorted(cache.glob("*.pt"))
     first.write_bytes(second.read_bytes())  # seed 0's file now holds another entry
     CountingSignalNoise.source_draws = 0
     with pytest.warns(CacheWarning, match="holds"):
-        _, frame = sweep(tmp_path / "b.db", [Scratch()], cache, seeds=(0, 1))
+        _, frame = sweep(tmp_path / "b.db", [Full()], cache, seeds=(0, 1))
     assert CountingSignalNoise.source_draws == 1 and (frame["status"] == "ok").all()
 
 
@@ -156,8 +156,24 @@ def test_the_key_changes_with_the_task_the_seed_and_the_training_code(tmp_path):
 def test_no_cache_dir_means_no_cache(tmp_path):
     CountingSignalNoise.source_draws = 0
     task = CountingSignalNoise(**SMALL_TASK)
-    specs = [RunSpec(task, Scratch(), 0)]
+    specs = [RunSpec(task, Full(), 0)]
     with Store(tmp_path / "runs.db") as store:
         run_sweep(specs, store, RunOptions(cache_dir=None), progress=False)
         run_sweep(specs, store, RunOptions(cache_dir=None), force=True, progress=False)
     assert CountingSignalNoise.source_draws == 2
+
+
+def test_a_scratch_only_group_trains_no_source_model_and_reads_its_accuracy_from_the_cache(tmp_path):
+    # scratch inherits nothing (donor = None): without a cached source model none is trained
+    # and the source column is empty; once the cache holds the model, the column is filled
+    cache = tmp_path / "cache"
+    CountingSignalNoise.source_draws = 0
+    _, alone = sweep(tmp_path / "a.db", [Scratch()], cache, seeds=(0,))
+    assert CountingSignalNoise.source_draws == 0 and not list(cache.glob("*.pt"))
+    assert alone["source_acc"].isna().all() and (alone["status"] == "ok").all()
+    _, both = sweep(tmp_path / "b.db", [Scratch(), Full()], cache, seeds=(0,))
+    CountingSignalNoise.source_draws = 0
+    _, again = sweep(tmp_path / "c.db", [Scratch()], cache, seeds=(0,))
+    assert CountingSignalNoise.source_draws == 0
+    assert list(again["source_acc"]) == [both["source_acc"].iloc[0]]
+    assert list(again["target_acc"]) == list(alone["target_acc"])  # scratch itself is unchanged
