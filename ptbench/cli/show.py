@@ -58,6 +58,10 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def _pct(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 100:.2f}%"
 
@@ -69,8 +73,8 @@ def render(run: pd.Series) -> str:
         ("key", run["key"]),
         ("status", run["status"] + (f": {run['error']}" if run.get("error") else "")),
         ("target accuracy", f"test {_pct(run['target_acc'])}, train {_pct(run['target_train_acc'])}"),
-        ("source accuracy", _pct(run["source_acc"])),
-        ("seconds", f"source {_number(run['source_seconds'])}, target {_number(run['target_seconds'])}"),
+        ("source accuracy", _pct(run["source_acc"]) if _present(run["source_acc"]) else "- (no source model: the strategy inherits nothing)"),
+        ("seconds", f"source {_number(run['source_seconds']) if _present(run['source_seconds']) else '-'}, target {_number(run['target_seconds'])}"),
         ("device", run["device"]),
         ("task parameters", params(run["task_params"])),
         ("strategy parameters", params(run["strategy_params"])),

@@ -37,6 +37,12 @@ HEADERS = [
 ]
 
 
+
+def _source(interval) -> str:
+    """The source column: "-" where no source model was trained (only strategies that
+    inherit nothing ran, and the donor cache did not hold the model)."""
+    return "-" if interval.n == 0 or math.isnan(interval.mean) else interval.fmt()
+
 def task_table(rows: pd.DataFrame, baseline: str, stable: bool = False) -> str:
     body = []
     for _, r in rows.sort_values("acc_mean", ascending=False).iterrows():
@@ -48,7 +54,7 @@ def task_table(rows: pd.DataFrame, baseline: str, stable: bool = False) -> str:
                 r["acc"].fmt(),
                 r["delta"].fmt(signed=True),
                 incidence,
-                r["source_acc"].fmt(),
+                _source(r["source_acc"]),
                 "·" if stable else f"{r['seconds']:.2f}",
                 r["seeds"],
             ]
@@ -330,7 +336,7 @@ def _latex(runs: pd.DataFrame, baseline: str, labels: dict[str, str] | None, tit
         for _, r in rows.sort_values("acc_mean", ascending=False).iterrows():
             neg = r["negative"]
             incidence = "n/a" if neg.n == 0 else f"{r['negative_k']}/{neg.n} [{neg.low * 100:.0f}, {neg.high * 100:.0f}]%"
-            body.append([r["strategy"], r["acc"].fmt(), r["delta"].fmt(signed=True), incidence, r["source_acc"].fmt(),
+            body.append([r["strategy"], r["acc"].fmt(), r["delta"].fmt(signed=True), incidence, _source(r["source_acc"]),
                          f"{r['seconds']:.2f}", r["seeds"]])
         caption = (labels or {}).get(task) or task
         text = tabulate(body, headers=["@@H%d@@" % i for i in range(len(headers))], tablefmt="latex_booktabs",

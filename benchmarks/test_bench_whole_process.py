@@ -1,0 +1,134 @@
+"""What users wait for, whole process: `python -m ptbench ...` from a fresh store against a
+plain per-run PyTorch loop doing the same runs (`plain_loop.py`), side by side in one
+pytest-benchmark session (pytest-benchmark; nothing here asserts a speed).
+
+    python -m pytest benchmarks/test_bench_whole_process.py --benchmark-enable -s
+    PTBENCH_BENCH_BEFORE=/path/to/old/venv/bin/python python -m pytest benchmarks/test_bench_whole_process.py --benchmark-enable -s
+
+Lines (each one round: whole processes are long and the machine is the measurement):
+- start-up: `python -c "import torch"` (the floor every process pays), and ptbench's own
+  import cost on top of torch for a `run` (measured inside one process);
+- the 64-seed scratch sweep of the issue: ptbench against the plain loop (which trains no
+  source model either: scratch needs none);
+- the reference sweep, 8 seeds x 8 strategies with source training: ptbench against the
+  plain loop, whole process and without start-up (each minus the `import torch` floor);
+- the quick and images suites, `python -m ptbench run [--suite images]`.
+With PTBENCH_BENCH_BEFORE, the same ptbench commands also run under that interpreter (an
+environment with the code before a change installed): the before/after of RESULTS.md.
+The session's table of numbers and ratios is printed at its end; write the 1-minute load
+next to it (`uptime`), and run nothing else meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+REFERENCE_TASK = "signal-noise[d=1000,n_source=200,n_target=200,m=20,steps=500,n_test=2000]"
+REFERENCE_STRATEGIES = [
+    "scratch", "full[freeze=[false,true]]", "partial-filters[fraction=[0.25,0.5,0.75],freeze=false]",
+    "partial-filters[fraction=[0.25,0.5],freeze=true]",
+]
+BEFORE = os.environ.get("PTBENCH_BENCH_BEFORE")
+PYTHONS = {"after": sys.executable, **({"before": BEFORE} if BEFORE else {})}
+REPORT: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def report_at_end():
+    yield
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[0]
+    print(f"\n\nptbench whole-process benchmark (1-minute load at the end: {load})")
+    for key, value in REPORT.items():
+        print(f"  {key:<64} {value:10.2f}")
+    _ratios()
+
+
+def _ratios() -> None:
+    floor = REPORT.get("start-up: python -c 'import torch', s")
+    for label in ("scratch x 64 seeds", "reference 8 seeds x 8 strategies"):
+        plain = REPORT.get(f"{label}: plain loop, s")
+        for side in PYTHONS:
+            mine = REPORT.get(f"{label}: ptbench {side}, s")
+            if plain and mine:
+                print(f"  {label}: plain / ptbench {side}, whole process{'':<8} {plain / mine:10.1f}x")
+                if floor and mine > floor:
+                    print(f"  {label}: plain / ptbench {side}, without start-up{'':<5} {(plain - floor) / (mine - floor):10.1f}x")
+
+
+def _timed(cmd: list[str], cwd: Path) -> float:
+    cwd.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE)})
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return seconds
+
+
+def _ptbench(python: str, tmp: Path, *args: str) -> list[str]:
+    return [python, "-m", "ptbench", "run", "--store", str(tmp / "runs.db"), "--leaderboard", str(tmp / "lb"),
+            "--cache-dir", str(tmp / "cache"), "--quiet", *args]
+
+
+def _strategy_args() -> list[str]:
+    return [arg for spec in REFERENCE_STRATEGIES for arg in ("--strategy", spec)]
+
+
+def _once(benchmark, fn):
+    return benchmark.pedantic(fn, rounds=1, iterations=1)
+
+
+def test_startup_torch_floor(benchmark, tmp_path):
+    REPORT["start-up: python -c 'import torch', s"] = _once(benchmark, lambda: _timed([sys.executable, "-c", "import torch"], tmp_path))
+
+
+def test_startup_ptbench_import_cost_on_top_of_torch(benchmark, tmp_path):
+    code = (
+        "import time; import torch; t = time.perf_counter(); "
+        "import ptbench.cli.run, ptbench.sweep.sweep, ptbench.run.runner, ptbench.results.store; "
+        "from ptbench.registry import Registry; r = Registry(); r.task('signal-noise'); r.strategy('scratch'); "
+        "print(time.perf_counter() - t)"
+    )
+
+    def measure() -> float:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        return float(out.strip().splitlines()[-1])
+
+    REPORT["start-up: ptbench's imports on top of torch, s"] = _once(benchmark, measure)
+
+
+def test_scratch_64_seeds_plain_loop(benchmark, tmp_path):
+    cmd = [sys.executable, str(HERE / "plain_loop.py"), "--seeds", "64", "--strategies", "scratch"]
+    REPORT["scratch x 64 seeds: plain loop, s"] = _once(benchmark, lambda: _timed(cmd, tmp_path))
+
+
+@pytest.mark.parametrize("side", list(PYTHONS))
+def test_scratch_64_seeds_ptbench(benchmark, tmp_path, side):
+    cmd = _ptbench(PYTHONS[side], tmp_path, "--task", REFERENCE_TASK, "--strategy", "scratch", "--seeds", "64")
+    REPORT[f"scratch x 64 seeds: ptbench {side}, s"] = _once(benchmark, lambda: _timed(cmd, tmp_path))
+
+
+def test_reference_plain_loop(benchmark, tmp_path):
+    cmd = [sys.executable, str(HERE / "plain_loop.py"), "--seeds", "8", "--strategies", "reference"]
+    REPORT["reference 8 seeds x 8 strategies: plain loop, s"] = _once(benchmark, lambda: _timed(cmd, tmp_path))
+
+
+@pytest.mark.parametrize("side", list(PYTHONS))
+def test_reference_ptbench(benchmark, tmp_path, side):
+    cmd = _ptbench(PYTHONS[side], tmp_path, "--task", REFERENCE_TASK, *_strategy_args(), "--seeds", "8")
+    REPORT[f"reference 8 seeds x 8 strategies: ptbench {side}, s"] = _once(benchmark, lambda: _timed(cmd, tmp_path))
+
+
+@pytest.mark.parametrize("side", list(PYTHONS))
+@pytest.mark.parametrize("suite", ["quick", "images"])
+def test_suite(benchmark, tmp_path, suite, side):
+    cmd = _ptbench(PYTHONS[side], tmp_path, "--suite", suite)
+    REPORT[f"{suite} suite: ptbench {side}, s"] = _once(benchmark, lambda: _timed(cmd, tmp_path))
