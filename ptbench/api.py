@@ -661,7 +661,7 @@ class Task(Parametrized):
     def batched_engine(self) -> Any:
         """A `ptbench.run.engines.BatchedEngine` that trains many runs of this task's model as one
         tensor program, or None (the default: every run takes the per-run path). The runner
-        still sends it only the runs it `supports`; strategies with training hooks never."""
+        still sends it only the runs it `supports`; strategies with a `regularizer` hook never."""
         return None
 
 
@@ -741,15 +741,18 @@ class Strategy(Parametrized):
     ) -> TransferPlan:
         """Like `plan`, for strategies that must look at the target data first (choosing a
         fraction on a validation split, say). The harness always calls this; the default
-        calls `plan_with_extras` with the context's extras. A strategy that overrides it runs
-        on the per-run path."""
+        calls `plan_with_extras` with the context's extras. Only planning changes: the run
+        itself then trains on whichever path its plan takes, and `context.train_many` trains
+        candidates as one batch where the task's engine supports them."""
         return self.plan_with_extras(source, target, rng, context.extras)
 
     def regularizer(self, model: nn.Module, reference: dict[str, torch.Tensor], plan: TransferPlan) -> torch.Tensor | None:
         """An extra loss term each step, in weight space: `reference` holds the donor's
         parameters (a copy: the donor itself is never handed out); a scalar tensor, or None
-        for none. It sees no data, so it costs no forward pass: L2-SP (`strategies/l2_sp.py`)
-        uses it, since its penalty is a distance between weights."""
+        for none. It sees no data, so it costs no forward pass. Arbitrary code on the model
+        each step: only the per-run loop runs it. A penalty that is a weighted L2 distance to
+        the donor's (or zero) weights is better declared as `plan.penalty` (`WeightPenalty`,
+        as `strategies/l2_sp.py` does), which every engine applies."""
         return None
 
     def batch_regularizer(self, batch: RegularizerBatch) -> torch.Tensor | None:

@@ -16,7 +16,12 @@ Fairness details:
 - The split comes from its own stream ("auto-fraction-split"), so it is the same for a seed
   whatever else runs, and other strategies' draws are untouched.
 - Candidates include 0 (scratch) and 1 (everything): the procedure may decline to transfer.
-- It costs (candidates + 1) trainings per run, and the time counts in its `seconds`.
+- It costs (candidates + 1) trainings per run, and the time counts in its `seconds`. The
+  candidates are trained with one `context.train_many` call: the task's batched engine trains
+  them as one program where it supports them (signal-noise), else the per-run loop trains
+  them one after the other; either way with the same minibatches and the same outcome per
+  candidate. The run itself, with the chosen plan, then goes where any plan goes (the
+  signal-noise engine, on those tasks).
 
 The chosen fraction and every candidate's validation accuracy are stored with the run
 (`diagnostics["strategy"]`), and the leaderboard gets a section comparing this strategy with
@@ -29,12 +34,16 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 from tabulate import tabulate
 
 from ptbench.api import Diverged, Split, Strategy, TransferPlan
+
+
+if TYPE_CHECKING:  # the leaderboard's table; importing pandas here would cost every worker process
+    import pandas as pd
 
 
 class AutoFraction(Strategy):
@@ -69,16 +78,22 @@ class AutoFraction(Strategy):
     def plan_with_data(self, source, target, rng, context):
         fit, val = self.split(context.train_data, context.streams.torch("auto-fraction-split"))
         state = rng.get_state()
-        scores: dict[float, tuple[float, float]] = {}  # fraction -> (accuracy, loss) on val
-        for fraction in self.fractions():
+        fractions = self.fractions()
+        models, plans = [], []
+        for fraction in fractions:
             model = copy.deepcopy(target)  # the run's own fresh initialisation
             plan = TransferPlan.filters(source, model, fraction, rng=_replay(rng, state), freeze=self.freeze)
             plan.apply(source, model)
-            try:
-                context.train(model, fit, plan)
-                scores[fraction] = (context.evaluate(model, val), context.loss(model, val))
-            except Diverged:  # a fraction whose training blows up is simply not chosen
+            models.append(model)
+            plans.append(plan)
+        # every candidate in one call: one batched program where the task's engine takes them
+        errors = context.train_many(models, fit, plans) if context.train_many is not None else [_train_one(context, m, fit, p) for m, p in zip(models, plans)]
+        scores: dict[float, tuple[float, float]] = {}  # fraction -> (accuracy, loss) on val
+        for fraction, model, error in zip(fractions, models, errors):
+            if error is not None:  # a fraction whose training blows up (Diverged) is simply not chosen
                 scores[fraction] = (-math.inf, math.inf)
+            else:
+                scores[fraction] = (context.evaluate(model, val), context.loss(model, val))
         best = max(scores, key=lambda f: (scores[f][0], -scores[f][1], -f))
         plan = TransferPlan.filters(source, target, best, rng=rng, freeze=self.freeze)
         plan.notes = {"fraction": best, "val_size": len(val)}
@@ -139,6 +154,15 @@ class AutoFraction(Strategy):
             "difference of means (negative: below the oracle). The fraction chosen for each run is "
             "in its diagnostics (`ptbench export`).\n\n" + table
         )
+
+
+def _train_one(context, model, split, plan) -> Diverged | None:
+    """`context.train` for a context without `train_many`: None, or the Diverged that ended it."""
+    try:
+        context.train(model, split, plan)
+    except Diverged as err:
+        return err
+    return None
 
 
 def _replay(rng: torch.Generator, state: torch.Tensor) -> torch.Generator:

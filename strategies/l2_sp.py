@@ -11,9 +11,12 @@ fine-tuning may only move as far from the source as the target data pays for.
 
 The penalty is declared in the plan (`plan.penalty`, a `WeightPenalty`), not coded as a
 `regularizer` hook, so every training path applies the same term: the per-run loop adds it
-to the loss, the batched engines fold it into their step (on the signal-noise CNN, a pull of
-an inherited filter toward its source value shrinks the filter's span coefficients). Sums,
-not means, as in the paper: alpha is per squared unit of distance.
+to the loss, the batched engines fold it into their step. On the signal-noise CNN the run
+goes to the span engine: every filter is inherited and starts at its source value, so the
+pull alpha (w - w_src) is alpha times the filter's distance travelled in the span of the
+training patches, a shrink of its span coefficients each step (beta has nothing to act on
+there: no filter is fresh). A beta on fresh filters that train is not in that span, and such
+a plan trains per-run. Sums, not means, as in the paper: alpha is per squared unit of distance.
 """
 
 from __future__ import annotations

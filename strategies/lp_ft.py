@@ -21,6 +21,10 @@ the inherited ones may move. With `fraction=1` nothing is fresh and phase 1 is s
 number of steps always equals the task's budget, so LP-FT is compared on equal terms.
 
 This file is also the example of the `phases` hook: it returns (steps, freeze masks) pairs.
+Phases keep a strategy on a batched engine that accepts them: the signal-noise span engine
+trains them (each phase freezes whole filters, so a phase is a per-filter rate of 0 or 1
+that switches at the boundary), as will the vmapped engine for image CNNs; elsewhere the run
+takes the per-run loop, with the same phases.
 """
 
 from __future__ import annotations

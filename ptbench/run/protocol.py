@@ -77,22 +77,23 @@ def donor_guard(donor: nn.Module, strategy: Strategy, during: str = "while train
 
 def plan_context(
     task: Task, train_data: Split | None, budget: TrainBudget, streams: RandomStreams, device: str,
-    deadline: float | None = None, extras: dict | None = None, engine=None,
+    deadline: float | None = None, extras: dict | None = None, engine=None, donor: TransferModel | None = None,
 ) -> PlanContext:
     """What `Strategy.plan_with_data` may use; its training loop is the harness's own,
     drawing minibatches from the `plan-batches` stream and bounded by the run's deadline.
     `train_many` hands the models to the task's batched `engine` as one program when the
     engine supports every one of them (else it loops over `train`): the same minibatches,
-    the same deadline, the same Diverged outcome per model."""
+    the same deadline, the same Diverged outcome per model. `donor` (the model the run
+    inherits from) is what a candidate plan's `penalty` pulls toward."""
 
     def train_many(models: list[TransferModel], split: Split, plans: list[TransferPlan | None]) -> list[Diverged | None]:
         if engine is not None and all(batched_refusal(engine, task, None, m, budget, p) is None for m, p in zip(models, plans)):
-            jobs = [BatchJob(m, split, p, batches=streams.torch("plan-batches")) for m, p in zip(models, plans)]
+            jobs = [BatchJob(m, split, p, batches=streams.torch("plan-batches"), donor=donor) for m, p in zip(models, plans)]
             return [None if o.status == "ok" else Diverged(o.error or o.status) for o in engine.train(jobs, budget, deadline)]
         out: list[Diverged | None] = []
         for model, plan in zip(models, plans):
             try:
-                train(model, split, budget, streams.torch("plan-batches"), plan, deadline=deadline)
+                train(model, split, budget, streams.torch("plan-batches"), plan, deadline=deadline, donor=donor)
                 out.append(None)
             except Diverged as err:
                 out.append(err)

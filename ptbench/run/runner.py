@@ -148,8 +148,8 @@ def plan_run(spec: RunSpec, state: GroupState, options: RunOptions, engine=None)
     exits.now("planning", [spec.key])
     try:
         target = state.task.model("target", state.streams.torch("target-init")).to(device)
-        context = plan_context(state.task, state.target_data.train, state.budget, state.streams, device, deadline, state.target_data.extras, engine)
         donor = _null_donor(state, device) if strategy.donor is None else state.donors[strategy.donor].model
+        context = plan_context(state.task, state.target_data.train, state.budget, state.streams, device, deadline, state.target_data.extras, engine, donor)
         plan = plan_target(strategy, donor, target, state.streams, context)
     except BaseException as err:  # SystemExit, KeyboardInterrupt from plugin code fail the run too
         exits.reraise_users(err)

@@ -16,12 +16,31 @@ in float32 the sums are ordered differently, so weights agree to rounding (tests
 to a tight tolerance and accuracies to equality). Frozen filters are left out of the
 per-step product altogether (their share of every output is computed once), so they stay
 bit-identical to their initial value, as on the per-run path; jobs that must end alike
-(same data, start, frozen filters and learning-rate scales) are trained once. The engine
-trains exactly what `supports` accepts: TwoLayerReLUCNN itself, full-batch GD (no momentum,
-no weight decay) on the logistic loss, freeze masks that hold whole filters (a mask that
-freezes part of a filter would leave the span, so such a plan goes per-run), and
+(same data, start, frozen filters, learning-rate scales, phases and penalty) are trained
+once. The engine trains exactly what `supports` accepts: TwoLayerReLUCNN itself, full-batch
+GD (no momentum, no weight decay) on the logistic loss, freeze masks that hold whole filters
+(a mask that freezes part of a filter would leave the span, so such a plan goes per-run),
 learning-rate scales per whole filter (a filter's GD step on its coefficients times its
-scale; scale 0 is frozen; scales that differ within a filter go per-run).
+scale; scale 0 is frozen; scales that differ within a filter go per-run), and the two
+training hooks that stay in the span:
+
+* `Strategy.phases` (LP-FT): a run's phases become a per-filter rate that switches at the
+  phase boundaries, each job at its own. The rows of the program are the filters free in
+  some phase; a filter frozen in a phase gets rate 0 for it, so its coefficients do not
+  move at all (exactly: it keeps its values, as the per-run loop's frozen entries do).
+  Phase masks must freeze whole filters, and the phases must add up to the step budget.
+* `TransferPlan.penalty` (L2-SP): the pull toward_donor (w - w_donor) on an inherited
+  filter is toward_donor C B when the filter starts at the donor's value (w0 = w_donor,
+  what a plain copy gives; `supports` checks the plan copies it, training checks the
+  weights against the job's donor), so it stays in the span: each step, added to the usual
+  update, C_row -= lr rate toward_donor C_row. The loss history, from which divergence is
+  read, includes the penalty (toward_donor/2 <C_row, (C G)_row>, from the step's own
+  pre-activations), so a run diverges at the step the per-run loop's loss does. Refused:
+  toward_zero > 0 on a filter that trains (w0 is not in the span), a penalty mask that
+  covers part of a filter, and a pulled training filter the plan does not copy plainly.
+
+`batch_regularizer` and `regularizer` hooks are not the engine's (those runs go per-run).
+Without phases or a penalty a program is the plain one, operation for operation.
 
 Where a filter starts is not the engine's business: it trains from each job's initial W,
 the plan already applied, so every value rule (a mix of donor and fresh filters, a donor
@@ -36,6 +55,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -74,8 +94,110 @@ def _rate_rows(plan: TransferPlan | None, model: TwoLayerReLUCNN) -> torch.Tenso
     return rows
 
 
+def _whole_rows(mask: torch.Tensor, model: TwoLayerReLUCNN) -> torch.Tensor | None:
+    """[2, m] bool: the filters a [2, m, d] mask covers; None when it covers part of one."""
+    mask = mask.to(torch.bool).cpu()
+    if tuple(mask.shape) != tuple(model.W.shape):
+        return None
+    rows = mask.any(dim=-1)
+    return rows if torch.equal(mask, rows[..., None].expand_as(mask)) else None
+
+
+def _per_entry(values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A value rule's number(s) (one, one per filter or one per entry) as a tensor of `shape`."""
+    values = values.detach().cpu()
+    return values.reshape(tuple(values.shape) + (1,) * (len(shape) - values.dim())).expand(shape)
+
+
+def _starts_at_donor(plan: TransferPlan, model: TwoLayerReLUCNN, rows: torch.Tensor) -> bool:
+    """Whether `plan.apply` sets every entry of these filters ([2, m] bool) to the donor's
+    value exactly: copied (`plan.copy`), with no value rule or one that is the plain copy
+    there (donor coefficient 1, fresh 0, no offset, no projection)."""
+    copied = plan.copy.get("W")
+    if copied is None or not bool(copied.to(torch.bool).cpu()[rows].all()):
+        return False
+    rule = plan.init.get("W")
+    if rule is None:
+        return True
+    if rule.projection() is not None:
+        return False
+    shape = tuple(model.W.shape)
+    if not bool((_per_entry(rule.donor, shape)[rows] == 1).all()) or not bool((_per_entry(rule.fresh, shape)[rows] == 0).all()):
+        return False
+    return rule.offset is None or bool((_per_entry(rule.offset, shape)[rows] == 0).all())
+
+
+@dataclass
+class _Schedule:
+    """How one job trains, per filter ([2, m] tensors): its phases as (steps, rate) segments,
+    a rate being the filter's learning-rate scale in that phase (0: frozen in it), and the
+    plan's weight penalty. `phased`: the strategy's own phases (False: the plain program's
+    single phase under the plan's freeze masks)."""
+
+    segments: list[tuple[int, torch.Tensor]]
+    phased: bool
+    free: torch.Tensor  # bool: trains in some phase with steps (a row of the program)
+    pulled: torch.Tensor  # bool: pulled toward the donor's filter (toward_donor > 0)
+    shrunk: torch.Tensor  # bool: pulled toward zero (toward_zero > 0, not inherited)
+    toward_donor: float = 0.0
+    toward_zero: float = 0.0
+
+    def key(self) -> tuple:
+        """What, beyond data, start, freeze masks and scales, makes two jobs end alike."""
+        phases = tuple((steps, rate.numpy().tobytes()) for steps, rate in self.segments) if self.phased else None
+        penalty = (self.toward_donor, self.toward_zero, self.pulled.numpy().tobytes(), self.shrunk.numpy().tobytes()) if self.pulled.any() or self.shrunk.any() else None
+        return phases, penalty
+
+
+def _schedule(model: TwoLayerReLUCNN, budget: TrainBudget, plan: TransferPlan | None, strategy: Strategy | None) -> _Schedule | str:
+    """The job's `_Schedule`, or why the engine cannot train it (phases or a penalty it
+    cannot express). Call after the plan's freeze masks and scales passed `supports`."""
+    rate = _rate_rows(plan, model).to(torch.float64)
+    base = torch.where(_freeze_rows(plan, model), 0.0, rate)  # the plan's own phase
+    phased = strategy is not None and type(strategy).phases is not Strategy.phases
+    segments = [(budget.steps, base)]
+    if phased:
+        try:
+            phases = strategy.phases(budget.steps, plan or TransferPlan.nothing(), model)
+        except Exception as err:  # the per-run loop calls it again and reports the failure
+            return f"strategy {strategy.instance_name}'s phases raised {type(err).__name__}"
+        segments = []
+        for steps, freeze in phases:
+            if not isinstance(steps, int) or steps < 0:
+                return f"strategy {strategy.instance_name}'s phases give {steps!r} steps, not a number >= 0"
+            if set(freeze) - {"W"}:
+                return "a phase freezes parameters the model does not have"
+            frozen = _whole_rows(freeze["W"], model) if "W" in freeze else torch.zeros(2, model.m, dtype=torch.bool)
+            if frozen is None:
+                return "a phase freezes part of a filter; the engine freezes whole filters"
+            segments.append((steps, torch.where(frozen, 0.0, rate)))  # scale 0 stays frozen in every phase
+        if sum(steps for steps, _ in segments) != budget.steps:
+            return f"strategy {strategy.instance_name}'s phases train {sum(s for s, _ in segments)} steps, not the budget's {budget.steps}"
+    counted = [r for steps, r in segments if steps > 0] or [r for _, r in segments]
+    free = torch.stack(counted).gt(0).any(dim=0) if counted else torch.zeros(2, model.m, dtype=torch.bool)
+    none = torch.zeros(2, model.m, dtype=torch.bool)
+    schedule = _Schedule(segments, phased, free, none, none)
+    penalty = plan.penalty if plan is not None else None
+    if penalty is None or not penalty.active():
+        return schedule
+    if set(penalty.inherited) - {"W"}:
+        return "the plan's penalty names parameters the model does not have"
+    inherited = _whole_rows(penalty.inherited["W"], model) if "W" in penalty.inherited else none
+    if inherited is None:
+        return "the plan's penalty pulls part of a filter; the engine pulls whole filters"
+    schedule.toward_donor, schedule.toward_zero = float(penalty.toward_donor), float(penalty.toward_zero)
+    schedule.pulled = inherited if penalty.toward_donor else none
+    schedule.shrunk = ~inherited if penalty.toward_zero else none
+    if bool((schedule.shrunk & free).any()):
+        return "the plan's penalty pulls a training filter toward zero (its start is not in the span of the training patches)"
+    if bool((schedule.pulled & free).any()) and not _starts_at_donor(plan, model, schedule.pulled & free):
+        return "the plan's penalty pulls a training filter that does not start at the donor's value (a plain copy does)"
+    return schedule
+
+
 class TwoLayerCNNEngine(BatchedEngine):
-    """Full-batch GD on the logistic loss for TwoLayerReLUCNN models, all jobs at once."""
+    """Full-batch GD on the logistic loss for TwoLayerReLUCNN models, all jobs at once,
+    phases (LP-FT) and weight penalties toward the donor (L2-SP) included."""
 
     def __init__(self, dtype: torch.dtype | None = None, threads: int | None = 1):
         #: Arithmetic precision of the program (None: the data's, float32 for the built-in
@@ -91,12 +213,8 @@ class TwoLayerCNNEngine(BatchedEngine):
 
     # -- what it can do ---------------------------------------------------------------------
     def supports(self, model: TransferModel, budget: TrainBudget, plan: TransferPlan | None, strategy: Strategy | None = None) -> str | None:
-        if strategy is not None and type(strategy).phases is not Strategy.phases:
-            return f"strategy {strategy.instance_name} trains in phases"
         if strategy is not None and type(strategy).batch_regularizer is not Strategy.batch_regularizer:
             return f"strategy {strategy.instance_name} has a batch regulariser"
-        if plan is not None and plan.penalty is not None and plan.penalty.active():
-            return "plan has a weight penalty"
         if type(model) is not TwoLayerReLUCNN:
             return f"the engine trains TwoLayerReLUCNN only, not {type(model).__name__}"
         if budget.optimizer != "gd" or budget.momentum or budget.weight_decay:
@@ -111,7 +229,8 @@ class TwoLayerCNNEngine(BatchedEngine):
             return "plan scales the learning rate of part of a filter; the engine scales whole filters"
         if _freeze_rows(plan, model) is None:
             return "plan freezes part of a filter; the engine freezes whole filters"
-        return None
+        schedule = _schedule(model, budget, plan, strategy)
+        return schedule if isinstance(schedule, str) else None
 
     # -- training ------------------------------------------------------------------------------
     def train(self, jobs: Sequence[BatchJob], budget: TrainBudget, deadline: float | None = None) -> list[JobOutcome]:
@@ -119,17 +238,22 @@ class TwoLayerCNNEngine(BatchedEngine):
             return self._train(jobs, budget, deadline)
 
     def _train(self, jobs: Sequence[BatchJob], budget: TrainBudget, deadline: float | None) -> list[JobOutcome]:
+        schedules: list[_Schedule] = []
         for job in jobs:
             reason = self.supports(job.model, budget, job.plan, job.strategy)
             if reason:
                 raise ValueError(f"TwoLayerCNNEngine cannot train this job: {reason}")
+            schedule = _schedule(job.model, budget, job.plan, job.strategy)
+            self._check_donor(job, schedule)
+            schedules.append(schedule)
         outcomes = [JobOutcome() for _ in jobs]
         # Jobs with the same data, start and frozen filters end the same: train one of them
-        # (on the two-layer CNN, partial-layers[layers=1] and reinit-head are `full`).
+        # (on the two-layer CNN, partial-layers[layers=1] and reinit-head are `full`); phases
+        # and penalties are part of what must match (l2-sp starts where full does).
         twins: dict[tuple, list[int]] = {}
         same_as: dict[int, int] = {}
         for i, job in enumerate(jobs):
-            key = (id(job.data), _freeze_rows(job.plan, job.model).numpy().tobytes(), _rate_rows(job.plan, job.model).numpy().tobytes())
+            key = (id(job.data), _freeze_rows(job.plan, job.model).numpy().tobytes(), _rate_rows(job.plan, job.model).numpy().tobytes(), *schedules[i].key())
             twin = next((u for u in twins.get(key, []) if torch.equal(jobs[u].model.W, job.model.W)), None)
             if twin is None:
                 twins.setdefault(key, []).append(i)
@@ -144,19 +268,34 @@ class TwoLayerCNNEngine(BatchedEngine):
             shape = (split.shared.shape[0], tuple(split.own.shape), tuple(split.index.shape), job.model.m, job.model.d)
             programs.setdefault(shape, []).append(i)
         for members in programs.values():
-            self._program([jobs[i] for i in members], [outcomes[i] for i in members], budget, deadline)
+            self._program([jobs[i] for i in members], [outcomes[i] for i in members], budget, deadline, [schedules[i] for i in members])
         with torch.no_grad():
             for i, twin in same_as.items():
                 jobs[i].model.W.copy_(jobs[twin].model.W)
                 outcomes[i] = JobOutcome(outcomes[twin].status, outcomes[twin].error)
         return outcomes
 
-    def _program(self, jobs: list[BatchJob], outcomes: list[JobOutcome], budget: TrainBudget, deadline: float | None) -> None:
+    @staticmethod
+    def _check_donor(job: BatchJob, schedule: _Schedule) -> None:
+        """A penalty toward the donor needs the donor; a filter that trains under the pull must
+        start at the donor's value exactly (then w - w_donor stays in the training span).
+        `supports` checked the plan says so (a plain copy); this checks the weights."""
+        if not bool(schedule.pulled.any()):
+            return
+        if job.donor is None:
+            raise ValueError("TwoLayerCNNEngine cannot train this job: its plan's penalty pulls toward the donor, and the job has no donor")
+        rows = schedule.pulled & schedule.free
+        if bool(rows.any()) and not torch.equal(job.model.W.detach()[rows], job.donor.W.detach().to(job.model.W)[rows]):
+            raise ValueError("TwoLayerCNNEngine cannot train this job: a filter its penalty pulls toward the donor does not start at the donor's value")
+
+    def _program(self, jobs: list[BatchJob], outcomes: list[JobOutcome], budget: TrainBudget, deadline: float | None, schedules: list[_Schedule]) -> None:
         """One tensor program for jobs whose data have one shape.
 
         Layout: D datasets (jobs sharing a split share its Gram matrix), J job slots per
-        dataset, and "rows": the filters that train, gathered per dataset and padded to R.
-        Frozen filters never change, so their share of every output is computed once."""
+        dataset, and "rows": the filters that train (in some phase), gathered per dataset and
+        padded to R. Frozen filters never change, so their share of every output is computed
+        once. Phases switch the per-row rate at their boundaries (each job's own); a penalty
+        toward the donor shrinks the pulled rows' coefficients."""
         splits: "OrderedDict[int, PatchSplit]" = OrderedDict()
         slot_of: list[tuple[int, int]] = []  # (dataset, slot) per job
         counts: dict[int, int] = {}
@@ -191,11 +330,9 @@ class TwoLayerCNNEngine(BatchedEngine):
 
         W0 = torch.zeros(D, J * M + 1, d, device=device, dtype=dtype)  # + a zero row for padding
         free = torch.zeros(D, J * M + 1, dtype=torch.bool)
-        rate = torch.ones(D, J * M + 1, dtype=torch.float64)  # per filter: its learning-rate scale
-        for job, (ds, slot) in zip(jobs, slot_of):
+        for job, (ds, slot), schedule in zip(jobs, slot_of, schedules):
             W0[ds, slot * M : (slot + 1) * M] = job.model.W.detach().reshape(M, d).to(dtype)
-            free[ds, slot * M : (slot + 1) * M] = ~_freeze_rows(job.plan, job.model).reshape(M)
-            rate[ds, slot * M : (slot + 1) * M] = _rate_rows(job.plan, job.model).reshape(M)
+            free[ds, slot * M : (slot + 1) * M] = schedule.free.reshape(M)
         A0 = torch.bmm(W0, B.transpose(1, 2))  # [D, J M + 1, K]: every filter's start
         self.flops += 2.0 * D * K * K * d + 2.0 * D * (J * M + 1) * d * K
 
@@ -210,10 +347,16 @@ class TwoLayerCNNEngine(BatchedEngine):
         rows, gidx = rows.to(device), group.reshape(-1).to(device)
         take = torch.arange(D, device=device)[:, None]
         A0r = A0[take, rows]  # [D, R, K]
-        # learning-rate scales of the free rows, [D, R, 1]; None when every one is 1 (the
-        # plain program, unchanged)
-        row_rate = rate[torch.arange(D)[:, None], rows.cpu()]
-        row_rate = None if bool((row_rate == 1).all()) else row_rate.to(device, dtype)[..., None]
+        # per segment of steps (one without phases; phase boundaries of every job otherwise):
+        # the rows' rates (learning-rate scale, 0 where frozen in that phase), [D, R, 1] or
+        # None when every one is 1 (the plain program, unchanged), and the pulled rows'
+        # shrink factor 1 - lr rate toward_donor ([D, R, 1], None: no pull)
+        timeline = self._timeline(schedules, slot_of, rows.cpu(), D, J, M, budget, device, dtype)
+        _, row_rate, keep = timeline[0]
+        switches = {start: (rate, shrink) for start, rate, shrink in timeline[1:]}
+        # the penalty in the loss history: toward_donor/2 |C_r B|^2 = toward_donor/2 <C_r, (C G)_r>
+        # per pulled training row, per job; and the frozen filters' constant share
+        pull_half, slot_index, penalty_fixed = self._penalty_terms(jobs, schedules, slot_of, rows.cpu(), W0, D, J, M, device, dtype)
 
         # the frozen filters' fixed share of F: the same formulas, once, on their A0 rows
         frozen = (~free).to(device)
@@ -232,13 +375,21 @@ class TwoLayerCNNEngine(BatchedEngine):
         hbuf = torch.zeros(D, groups, n + 2 * S, device=device, dtype=dtype)  # dummy group stays 0
         h_classes = hbuf[:, : 2 * J, :n].view(D, J, 2, n)
         history = torch.empty(steps, D, J, device=device, dtype=dtype)  # the loss, every step
+        if pull_half is not None:
+            penalty_history = torch.zeros(steps, D * (J + 1), device=device, dtype=dtype)
+            CG = torch.empty_like(C)
         C_own = C[..., :nQ].view(D, R, n, Q)
         fixed = F_fixed.reshape(D * groups, n + 2 * S)
         PNt = PN.transpose(1, 2)
         for step in range(steps):
             if deadline is not None and time.monotonic() > deadline:
                 raise RunTimeout(f"batched program exceeded its time limit at step {step} of {steps}")
+            if switches and step in switches:  # a phase boundary: the rows' rates change
+                row_rate, keep = switches[step]
             torch.baddbmm(A0r, C, G, out=Z)  # every pre-activation <w, b_k> of the free filters
+            if pull_half is not None:
+                torch.sub(Z, A0r, out=CG)
+                penalty_history[step].index_add_(0, slot_index, CG.mul_(C).sum(dim=-1).mul_(pull_half).view(-1))
             if Q == 1:
                 act = torch.clamp(Z[..., :nQ], min=0, out=rowbuf[..., :n])  # relu, [D, R, n]
             else:
@@ -260,10 +411,17 @@ class TwoLayerCNNEngine(BatchedEngine):
             h_rows = hbuf.view(D * groups, n + 2 * S).index_select(0, gidx).view(D, R, n + 2 * S)
             if row_rate is not None:  # a filter's step on its coefficients times its scale
                 h_rows.mul_(row_rate)
+            if keep is not None:  # the pull toward the donor: C -= lr rate toward_donor C, same step
+                C.mul_(keep)
             C_own.addcmul_(act.sign_().view(D, R, n, Q), h_rows[..., :n, None], value=-lr)  # sign of relu: its derivative
             if S:
                 gs = (Zs > 0).to(dtype) * h_rows[..., n : n + S] - (Zs < 0).to(dtype) * h_rows[..., n + S :]
                 C[..., nQ : nQ + S].sub_(gs, alpha=lr)
+        if pull_half is not None or penalty_fixed is not None:  # the loss the per-run loop sees
+            if pull_half is not None:
+                history += penalty_history.view(steps, D, J + 1)[:, :, :J]
+            if penalty_fixed is not None:
+                history += penalty_fixed
         # the first step whose loss was not finite, per run (-1: none), and that loss
         bad = ~torch.isfinite(history)
         first_bad = torch.where(bad.any(dim=0), bad.to(torch.float32).argmax(dim=0), -1)
@@ -282,6 +440,67 @@ class TwoLayerCNNEngine(BatchedEngine):
                     outcome.status, outcome.error = "diverged", f"loss became {float(bad_loss[ds, slot])} at step {bad_step}"
                 elif not bool(torch.isfinite(job.model.W).all()):
                     outcome.status, outcome.error = "diverged", "parameter W is not finite after training"
+
+    @staticmethod
+    def _timeline(schedules: list[_Schedule], slot_of: list[tuple[int, int]], rows: torch.Tensor, D: int, J: int, M: int,
+                  budget: TrainBudget, device: torch.device, dtype: torch.dtype) -> list[tuple[int, torch.Tensor | None, torch.Tensor | None]]:
+        """[(first step, row rates [D, R, 1] or None, pulled rows' shrink [D, R, 1] or None)]:
+        one entry per stretch of steps in which no job changes phase."""
+        bounds: set[int] = {0}
+        for schedule in schedules:
+            if schedule.phased:
+                end = 0
+                for steps, _ in schedule.segments:
+                    end += steps
+                    bounds.add(end)
+        starts = sorted(b for b in bounds if b == 0 or b < budget.steps)
+        take = torch.arange(D)[:, None]
+        out = []
+        for start in starts:
+            rate = torch.ones(D, J * M + 1, dtype=torch.float64)
+            shrink = torch.ones(D, J * M + 1, dtype=torch.float64)
+            for schedule, (ds, slot) in zip(schedules, slot_of):
+                end, active = 0, schedule.segments[0][1]
+                for steps, phase_rate in schedule.segments:  # the phase that trains step `start`
+                    end += steps
+                    if steps and end > start:
+                        active = phase_rate
+                        break
+                rate[ds, slot * M : (slot + 1) * M] = active.reshape(M)
+                if schedule.toward_donor and bool(schedule.pulled.any()):
+                    factor = 1.0 - budget.lr * schedule.toward_donor * active
+                    shrink[ds, slot * M : (slot + 1) * M] = torch.where(schedule.pulled, factor, 1.0).reshape(M)
+            row_rate, row_shrink = rate[take, rows], shrink[take, rows]
+            row_rate = None if bool((row_rate == 1).all()) else row_rate.to(device, dtype)[..., None]
+            row_shrink = None if bool((row_shrink == 1).all()) else row_shrink.to(device, dtype)[..., None]
+            out.append((start, row_rate, row_shrink))
+        return out
+
+    @staticmethod
+    def _penalty_terms(jobs: list[BatchJob], schedules: list[_Schedule], slot_of: list[tuple[int, int]], rows: torch.Tensor, W0: torch.Tensor,
+                       D: int, J: int, M: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """What the loss history adds for the plans' penalties: (toward_donor / 2 per pulled
+        training row [D, R] or None, every row's job slot [D R] for summing, the frozen
+        filters' constant penalty per job [D, J] or None)."""
+        if not any(bool(s.pulled.any() or s.shrunk.any()) for s in schedules):
+            return None, None, None
+        half = torch.zeros(D, J * M + 1, dtype=torch.float64)
+        fixed = torch.zeros(D, J, dtype=torch.float64)
+        for job, schedule, (ds, slot) in zip(jobs, schedules, slot_of):
+            pulled, shrunk = schedule.pulled.reshape(M), schedule.shrunk.reshape(M)
+            free = schedule.free.reshape(M)
+            half[ds, slot * M : (slot + 1) * M] = torch.where(pulled & free, schedule.toward_donor / 2, 0.0)
+            start = W0[ds, slot * M : (slot + 1) * M].cpu().to(torch.float64)
+            if bool((pulled & ~free).any()):
+                donor = job.donor.W.detach().reshape(M, -1).cpu().to(W0.dtype).to(torch.float64)
+                fixed[ds, slot] += schedule.toward_donor / 2 * float(((start - donor)[pulled & ~free] ** 2).sum())
+            if bool((shrunk & ~free).any()):
+                fixed[ds, slot] += schedule.toward_zero / 2 * float((start[shrunk & ~free] ** 2).sum())
+        row_half = half[torch.arange(D)[:, None], rows]
+        row_half = None if not bool(row_half.any()) else row_half.to(device, dtype)
+        slot_index = (torch.where(rows < J * M, rows // M, J) + torch.arange(D)[:, None] * (J + 1)).reshape(-1).to(device)
+        fixed_out = None if not bool(fixed.any()) else fixed.to(device, dtype)
+        return row_half, slot_index, fixed_out
 
     @staticmethod
     def _group_sums(Zall: torch.Tensor, row_group: torch.Tensor, D: int, groups: int, n: int, Q: int, nQ: int, S: int) -> torch.Tensor:

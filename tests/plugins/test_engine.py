@@ -1,6 +1,7 @@
 """The batched engine gives what the per-run path gives, run for run, and the runner sends it
-only what it can train exactly: strategies with training hooks and plans it cannot express
-take the per-run path, and tracing turns batching off."""
+only what it can train exactly: strategies with a `regularizer` hook and plans it cannot
+express take the per-run path, and tracing turns batching off. (Phases and weight penalties,
+which it trains: tests/plugins/test_engine_hooks.py.)"""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ptbench.run.options import RunOptions
 from ptbench.run.runner import run_groups
 from ptbench.strategies.full import Full
 from ptbench.strategies.l2_sp import L2SP
+from ptbench.strategies.lp_ft import LPFT
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.partial_layers import PartialLayers
 from ptbench.strategies.reinit_head import ReinitHead
@@ -37,6 +39,8 @@ STRATEGIES = [
     PartialFilters(fraction=0.5, freeze=False),
     PartialFilters(fraction=0.25, freeze=True),
     Selffer(freeze=False),
+    L2SP(alpha=0.01),  # a weight penalty and phases: batched too (tests/plugins/test_engine_hooks.py)
+    LPFT(fraction=0.5),
 ]
 COMPARED = ("status", "source_acc", "target_acc", "target_train_acc")
 
@@ -160,9 +164,22 @@ class HalfFrozenFilters(Strategy):
         return plan
 
 
+class WeightHook(Strategy):
+    """Full transfer with a `regularizer` hook (arbitrary code on the model each step): only
+    the per-run loop runs it."""
+
+    name = "weight-hook"
+
+    def plan(self, source, target, rng):
+        return TransferPlan.full(source, target)
+
+    def regularizer(self, model, reference, plan):
+        return 0.01 * ((model.W - reference["W"]) ** 2).sum()
+
+
 def test_hooks_and_inexpressible_plans_take_the_per_run_path(make_task, monkeypatch):
     task = make_task()
-    strategies = [Scratch(), L2SP(alpha=0.01), HalfFrozenFilters()]
+    strategies = [Scratch(), WeightHook(), HalfFrozenFilters()]
     specs = specs_for(task, strategies, seeds=(0,))
     engine = TwoLayerCNNEngine()
     trained: list[int] = []
@@ -170,7 +187,7 @@ def test_hooks_and_inexpressible_plans_take_the_per_run_path(make_task, monkeypa
     monkeypatch.setattr(engine, "train", lambda jobs, budget, deadline=None: trained.append(len(jobs)) or original(jobs, budget, deadline))
     monkeypatch.setattr(type(task), "batched_engine", lambda self: engine)
     results = batched(specs)
-    # the engine trained the source model, then scratch alone: l2-sp and the half-frozen plan ran per-run
+    # the engine trained the source model, then scratch alone: the hook and the half-frozen plan ran per-run
     assert trained == [1, 1]
     assert all(r.status == "ok" for r in results.values())
     monkeypatch.undo()
