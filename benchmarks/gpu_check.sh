@@ -5,7 +5,10 @@
 # 2. the reference sweep (64 runs, d=1000, n=200, m=20, 500 steps, 2000 test examples) with
 #    the batched engine on the GPU and on the CPU, and the plain per-run path on both for
 #    one seed (8 runs), each printed as one JSON line (ms_per_run, engine GFLOP/s);
-# 3. the quick suite with --device cuda, end to end.
+# 3. the quick suite with --device cuda, end to end;
+# 4. the cifar suite at its GPU tier (ResNet-18, width 64), one seed: on the real CIFAR-10
+#    when $PTBENCH_DATA holds cifar-10-batches-py/, else on a full-size synthetic copy in the
+#    official format (random pixels: a timing, not a result), with a 4-minute limit.
 # Nothing is downloaded; everything runs from this checkout (pip install -e '.[test]').
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +44,22 @@ timeout 120 python benchmarks/reference.py --device cpu --path per-run --seeds 1
 step "quick suite with --device cuda, end to end"
 tmp=$(mktemp -d)
 ( cd "$tmp" && time timeout 300 python -m ptbench run --device cuda --store runs.db --leaderboard lb --quiet )
+rm -rf "$tmp"
+
+step "cifar suite at the GPU tier, one seed"
+data="${PTBENCH_DATA:-}"
+tmp=$(mktemp -d)
+if [ -z "$data" ] || [ ! -d "$data/cifar-10-batches-py" ]; then
+    echo "no CIFAR-10 under \$PTBENCH_DATA: timing on a synthetic full-size copy (random pixels, accuracies meaningless)"
+    data="$tmp/data"
+    timeout 120 python - "$data" <<'PY'
+import sys; sys.path.insert(0, "tests/plugins")
+from pathlib import Path
+from test_image_datasets import write_cifar10
+write_cifar10(Path(sys.argv[1]), per_batch=10000)
+PY
+fi
+sed 's/tier=cpu/tier=gpu/' suites/cifar.toml > "$tmp/cifar-gpu.toml"
+( cd "$tmp" && time timeout 240 python -m ptbench run --suite cifar-gpu.toml --seeds 1 --data-dir "$data" --device cuda \
+    --store runs.db --leaderboard lb --quiet && sed -n '1,40p' lb/README.md )
 rm -rf "$tmp"
