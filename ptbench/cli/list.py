@@ -34,7 +34,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _describe(cls) -> str:
     doc = (cls.__doc__ or "").strip().splitlines()
     grid = ", ".join(f"{k}={'|'.join(format_value(v) for v in vals)}" for k, vals in cls.params.items())
-    return f"  {cls.name:<18} {doc[0] if doc else ''}\n" + (f"  {'':<18} params: {grid}\n" if grid else "")
+    # A plugin whose defaults depend on another parameter (an image task's `tier`) says what
+    # they are in `param_notes()`: the grid alone would show them as None.
+    notes = cls.param_notes() if callable(getattr(cls, "param_notes", None)) else []
+    return (f"  {cls.name:<18} {doc[0] if doc else ''}\n" + (f"  {'':<18} params: {grid}\n" if grid else "")
+            + "".join(f"  {'':<18} {line}\n" for line in notes))
 
 
 def describe_suite(name: str, registry) -> str:
