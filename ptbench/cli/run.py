@@ -44,6 +44,13 @@ A committed leaderboard is rewritten only when its results change, not when only
 or provenance do. Next to README.md goes the HTML site (index.html, runs/, plotly.min.js)
 when Jinja2 and plotly are installed (--html: insist on it; --no-html: never), on the same rule.
 
+--jobs auto (the default) runs the sweep in one worker process per usable core, each unit
+of work on one torch thread, largest units first; on one core, for a single unit or for a
+sweep estimated at a few seconds it runs in this process, as --jobs 1 does. --jobs N starts N
+workers. Every unit runs on one torch thread wherever it runs, so --jobs never changes a
+stored number. The progress bar counts estimated work (model size x steps x examples per
+step), so its time estimate holds for sweeps that mix cheap and dear runs.
+
 --seeds takes N (seeds 0..N-1), A-B (A to B inclusive) or A,B,C. --dry-run prints how many
 runs each task and strategy has, how many are stored already and an estimate of the time
 from the store's timings, and runs nothing. A sweep of more than 1,000,000 runs is refused
@@ -88,7 +95,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="count", default=0, help="also print every finished run's status line")
     p.add_argument("--log-file", default=None, metavar="FILE", help="append a log of what the run does (every finished run, the summary) to FILE")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="run independent groups in N worker processes (default: 1, in this process)")
+    p.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="worker processes: auto (the default) starts one per usable core, each on one torch thread, and "
+                        "runs in this process instead on one core, for a single unit of work or a sweep of a few seconds; "
+                        "1 runs in this process; N starts N. The numbers stored do not depend on it")
     p.add_argument("--executor", default="local", choices=["local", "dask"], help="local (this machine) or dask (a dask.distributed cluster; needs --scheduler)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="the dask scheduler's address, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE, metavar="DIR", help=f"where trained source models are cached (default: {DEFAULT_CACHE})")
@@ -151,7 +161,7 @@ def _run(args, suite, registry, specs, labels, where, options, executor, adhoc: 
     try:
         try:
             done = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet,
-                             executor=_LoggingExecutor(executor))
+                             executor=_LoggingExecutor(executor), preflight=args.executor == "local")
         except SweepInterrupted as stop:  # every run that finished is already committed
             _say(
                 f"ptbench: interrupted; {stop.summary.ran} run(s) finished and stored "

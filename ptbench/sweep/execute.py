@@ -6,6 +6,14 @@ units finish; the caller (sweep) writes them to the store, so the store has a si
 per `ptbench run` whatever runs the units. Backends beyond the local one import their
 dependencies lazily: dask is the optional extra `dist`.
 
+`--jobs auto` (the default) is `AutoExecutor`: one worker process per usable core, each unit
+on one torch thread (`units.UNIT_THREADS`, as everywhere), or this process where workers
+cannot pay for themselves: one core, one unit, or a sweep estimated to take less than
+AUTO_MIN_SECONDS (starting a pool costs seconds: the forkserver imports torch, each worker
+its tasks' libraries). `--jobs 1` is LocalExecutor, `--jobs N` ProcessExecutor. Every
+executor runs the same units (`units.make_units` does not look at the worker count), so the
+numbers are the same whichever runs them.
+
 Worker processes (`--jobs N`, and `--timeout` with one job) are ptbench's own small pool
 (`ptbench.sweep.worker`), not a ProcessPoolExecutor, because a pool must know which unit a
 dead worker was running, how it died, and what it was doing:
@@ -23,6 +31,9 @@ dead worker was running, how it died, and what it was doing:
   process they started) when the sweep ends or stops; SIGINT or SIGTERM stops the pool at
   its next poll, after every result already received has gone to the sweep.
 
+Executors say when they start a unit (`unit_starts`: in this process, when a worker reports
+it began), so that the sweep's progress bar can count the work in flight; dask says nothing.
+
 Executors stop at their safe points when `ptbench.run.exits.received()` says a stop signal
 arrived (`exits.check()`), and run compute in this process under `exits.interruptible()`.
 """
@@ -35,21 +46,28 @@ import sys
 import time
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from ptbench.api import RunResult, RunSpec
 from ptbench.errors import PtbenchError
 from ptbench.run import exits
 from ptbench.run.group import Group
 from ptbench.run.options import RunOptions
-from ptbench.sweep.units import Unit, make_units, payload, plugin_files, run_payload, run_unit
+from ptbench.sweep.units import UNIT_THREADS, Unit, make_units, payload, plugin_files, run_payload, run_unit
 
 #: Seconds a unit gets beyond --timeout x (its runs + its source models) before its worker is
 #: stopped: loading plugin files, unpickling, evaluating.
 SLACK = 5.0
 #: Seconds between two looks at the workers (stop signals, deaths, deadlines, memory).
 POLL = 0.25
+#: `--jobs auto` runs a sweep estimated below this many seconds (on one core) in this
+#: process: starting a pool would cost more than the other cores save. Measured on 2 cores:
+#: 1-4 s for signal-noise units (the forkserver imports torch), 12 s under load for a
+#: sweep with digits (each worker imports scikit-learn too): a 12-run sweep took 7 s with
+#: --jobs 1 and 20 s with --jobs 2.
+AUTO_MIN_SECONDS = 20.0
 #: What a worker was busy with, as the messages say it (`exits.now` kinds).
 DOING = {
     "data": "drawing its data",
@@ -62,6 +80,25 @@ DOING = {
 
 class Executor(Protocol):
     def run(self, groups: list[Group], options: RunOptions) -> Iterator[RunResult]: ...
+
+
+_LISTENERS: list[Callable[[Unit], None]] = []
+
+
+@contextmanager
+def unit_starts(listener: Callable[[Unit], None]) -> Iterator[None]:
+    """Call `listener(unit)` in this process whenever an executor starts a unit, for the block
+    (the sweep's progress bar: a unit in flight is work partly done)."""
+    _LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(listener)
+
+
+def _started(unit: Unit) -> None:
+    for listener in list(_LISTENERS):
+        listener(unit)
 
 
 def _lost(unit: Unit, options: RunOptions, why: str) -> list[RunResult]:
@@ -79,12 +116,11 @@ class LocalExecutor:
 
     def run(self, groups: Iterable[Group], options: RunOptions) -> Iterator[RunResult]:
         if self.kill_hung and options.timeout:
-            import torch
-
-            yield from ProcessExecutor(1, self.plugins, threads=torch.get_num_threads()).run(groups, options)
+            yield from ProcessExecutor(1, self.plugins).run(groups, options)
             return
         for unit in make_units(list(groups), options):
             exits.check()  # a stop signal that arrived while the last results were stored
+            _started(unit)
             with exits.interruptible():
                 results = run_unit(unit, options)
             yield from results
@@ -311,6 +347,7 @@ class _Pool:
             kind = message[0]
             if kind == "start":
                 worker.started = time.monotonic()
+                _started(worker.job.unit)
             elif kind == "at":
                 worker.doing = (message[1], set(message[2]))
             elif kind == "done":
@@ -376,9 +413,10 @@ class _Pool:
 
 class ProcessExecutor:
     """`--jobs N`: units in N worker processes (`ptbench.sweep.worker`: fresh interpreters,
-    nothing inherited from this one but sys.path, the environment and the plugin files), each
-    with its share of the CPU cores as torch threads (`threads`: that many instead). Results
-    arrive per unit. See the module's docstring for dying and hung workers."""
+    nothing inherited from this one but sys.path, the environment and the plugin files),
+    largest units first. torch runs on `threads` threads in a worker outside its units (each
+    unit runs on `units.UNIT_THREADS`, wherever it runs). Results arrive per unit. See the
+    module's docstring for dying and hung workers."""
 
     def __init__(self, jobs: int, plugins: Sequence[str] = (), threads: int | None = None):
         if jobs < 1:
@@ -387,11 +425,11 @@ class ProcessExecutor:
         self.plugins = tuple(str(os.path.abspath(p)) for p in plugins)
         self.threads = threads
 
-    def run(self, groups: Iterable[Group], options: RunOptions) -> Iterator[RunResult]:
-        units = make_units(list(groups), options, parts=self.jobs)
+    def run(self, groups: Iterable[Group], options: RunOptions, units: list[Unit] | None = None) -> Iterator[RunResult]:
+        units = make_units(list(groups), options) if units is None else units
         if not units:
             return
-        threads = self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = self.threads or UNIT_THREADS
         plugins = tuple(dict.fromkeys([*self.plugins, *plugin_files(units)]))
         pool = _Pool(self.jobs, threads, plugins, options)
         for unit in units:
@@ -404,6 +442,38 @@ class ProcessExecutor:
                 yield from results
         finally:
             pool.close()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the platform says (a
+    container's or `taskset`'s limit), else the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class AutoExecutor:
+    """`--jobs auto`: one worker process per usable core (`usable_cores`), or, where workers
+    cannot pay for themselves, LocalExecutor in this process (as `--jobs 1`): on one core, for
+    a sweep of one unit, or for one estimated below AUTO_MIN_SECONDS. The numbers are the
+    same either way (every unit runs on `units.UNIT_THREADS` torch threads)."""
+
+    def __init__(self, plugins: Sequence[str] = (), cores: int | None = None):
+        self.plugins = tuple(str(os.path.abspath(p)) for p in plugins)
+        self.cores = cores or usable_cores()
+        #: What the last `run` chose: "in process" or "N workers" (for tests and logs).
+        self.chose = ""
+
+    def run(self, groups: Iterable[Group], options: RunOptions) -> Iterator[RunResult]:
+        groups = list(groups)
+        units = make_units(groups, options) if self.cores > 1 else []
+        if len(units) <= 1 or sum(unit.cost for unit in units) < AUTO_MIN_SECONDS:
+            self.chose = "in process"
+            yield from LocalExecutor(self.plugins, kill_hung=True).run(groups, options)
+            return
+        self.chose = f"{min(self.cores, len(units))} workers"
+        yield from ProcessExecutor(self.cores, self.plugins, threads=UNIT_THREADS).run(groups, options, units)
 
 
 class DaskExecutor:
@@ -428,12 +498,11 @@ class DaskExecutor:
         except (OSError, TimeoutError) as err:
             raise PtbenchError(f"cannot reach the dask scheduler at {self.scheduler!r} ({err}); is the cluster up?") from None
         try:
-            workers = client.nthreads()
-            parts = max(1, sum(workers.values()))
-            units = make_units(list(groups), options, parts=parts)
+            units = make_units(list(groups), options)
             futures = {}
-            for i, unit in enumerate(units):
-                future = client.submit(_run_on_worker, payload(unit), options, self.plugins, pure=False, key=f"ptbench-unit-{i}-{uuid.uuid4().hex}")
+            for i, unit in enumerate(units):  # largest first, and dask runs them in that order
+                future = client.submit(_run_on_worker, payload(unit), options, self.plugins, pure=False,
+                                       key=f"ptbench-unit-{i}-{uuid.uuid4().hex}", priority=len(units) - i)
                 futures[future] = unit
             pending = as_completed(list(futures))
             while True:
@@ -452,28 +521,38 @@ class DaskExecutor:
 
 
 def _run_on_worker(data: bytes, options: RunOptions, plugins: Sequence[str]) -> list[RunResult]:
-    """A dask task: torch gets the worker's thread count, then the unit runs."""
-    threads = None
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-        threads = getattr(getattr(worker, "state", worker), "nthreads", None)
-    except (ImportError, ValueError):
-        pass
-    return run_payload(data, options, plugins, threads)
+    """A dask task: the unit runs on `units.UNIT_THREADS` torch threads, as anywhere (a dask
+    worker's threads run several tasks at once; its cores are its task slots)."""
+    return run_payload(data, options, plugins, UNIT_THREADS)
 
 
-def make_executor(kind: str = "local", jobs: int = 1, scheduler: str | None = None, plugins: Sequence[str] = ()) -> Executor:
-    """The executor the command line asks for."""
-    if jobs < 1:
-        raise PtbenchError(f"--jobs must be at least 1, got {jobs}")
+#: `--jobs auto`: the value, and what `parse_jobs` returns for it.
+AUTO = "auto"
+
+
+def parse_jobs(value: str | int) -> int | str:
+    """`--jobs`: a whole number of worker processes (at least 1) or `auto`; a PtbenchError
+    that says so for anything else."""
+    text = str(value).strip()
+    if text.lower() == AUTO:
+        return AUTO
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise PtbenchError(f"--jobs must be at least 1 (a number of worker processes) or auto, got {str(value)!r}")
+    return int(text)
+
+
+def make_executor(kind: str = "local", jobs: int | str = 1, scheduler: str | None = None, plugins: Sequence[str] = ()) -> Executor:
+    """The executor the command line asks for: `jobs` is a number of worker processes or
+    `auto` (AutoExecutor); with dask, `auto` and 1 mean "the cluster decides"."""
+    jobs = parse_jobs(jobs)
     if kind == "dask":
-        if jobs != 1:
-            raise PtbenchError("--jobs is for the local executor; with dask, the cluster's workers decide")
+        if jobs not in (AUTO, 1):
+            raise PtbenchError("--jobs is for the local executor; with dask, the cluster's workers decide (drop --jobs)")
         return DaskExecutor(scheduler or "", plugins)
     if kind != "local":
         raise PtbenchError(f"unknown executor {kind!r}; valid: local, dask")
     if scheduler:
         raise PtbenchError("--scheduler is for --executor dask")
+    if jobs == AUTO:
+        return AutoExecutor(plugins)
     return ProcessExecutor(jobs, plugins) if jobs > 1 else LocalExecutor(plugins, kill_hung=True)

@@ -1,33 +1,65 @@
 """Units of work: what one executor call (this process, a worker process, a dask task) runs.
 
 A unit is some groups of one task variant. Groups of a task that offers a batched engine
-are packed together (up to `max_batch_runs` runs, and split so that every worker gets
-work), so that the engine can train them as one program; every other group is a unit of
-its own. This is scheduling only: which path each run takes is decided once, per run, by
-`ptbench.run.protocol.batched_refusal` inside `ptbench.run.runner.run_groups`.
+are packed together (up to `max_batch_runs` runs), so that the engine can train them as one
+program; every other group is a unit of its own. This is scheduling only: which path each
+run takes is decided once, per run, by `ptbench.run.protocol.batched_refusal` inside
+`ptbench.run.runner.run_groups`.
+
+Units are sized by estimated cost (`ptbench.sweep.cost`: seconds on one core), not by run
+count: a run of the per-run loop can cost a hundred batched ones, and a digits run ten
+signal-noise ones. A task variant's packable groups are cut into units of about equal cost,
+none above UNIT_SECONDS where the groups allow, and the units come largest first, so that a
+pool that hands them out in order (longest processing time first) has its workers finish
+together rather than one finishing a big unit alone at the end. The cut does not depend on
+how many workers there are: a batched engine's floats depend on which runs share a program
+(the signal-noise engine's source weights differ in their last bits between a program of
+one group and one of two), so units that followed the worker count would make the numbers
+follow --jobs. Small fixed units give every worker its share instead, on any count.
 
 Units are independent: each draws its data from (seed, role) streams and takes donors from
 the cache or trains them, so any executor can run them anywhere, in any order, with the
-same results. They travel to workers as pickled bytes (`payload`), unpickled only after the
-run's plugin files are loaded, so a `--plugin FILE` task or strategy works in workers too.
+same results. Every unit runs on UNIT_THREADS torch threads wherever it runs, so that its
+numbers do not depend on --jobs or on the machine's core count either. They travel to
+workers as pickled bytes (`payload`), unpickled only after the run's plugin files are
+loaded, so a `--plugin FILE` task or strategy works in workers too.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from dataclasses import dataclass
 from typing import Sequence
 
 from ..api import RunResult, RunSpec
+from ..run.engines import torch_threads
 from ..run.group import Group
 from ..run.options import RunOptions
 from ..run.runner import run_groups
+from .cost import CostModel
+
+#: torch CPU threads of every unit, in this process, a worker or a dask task. torch's CPU
+#: reductions depend on the thread count: measured on the quick suite, 2 threads (--jobs 1
+#: on 2 cores, as it was) against 1 (--jobs 2) trained different digits source weights in
+#: all 125 digits runs and changed one stored accuracy. One thread is also what the models
+#: ptbench trains on a CPU run fastest on when a neighbour is busy (the batched engine uses
+#: one already: `tasks/signal_noise/engine.py`); parallelism comes from processes.
+UNIT_THREADS = 1
+#: Estimated seconds (on one core) a packed unit is kept within, where its groups allow: small
+#: enough that the quick suite makes a dozen units for 2 workers and a pool handing out the
+#: largest first ends within a small unit of the ideal, with the progress bar moving; large
+#: enough for an engine program to share its per-step overhead among a few groups (the
+#: signal-noise engine: 5 groups as one program or as 2 + 3, equal time within noise).
+UNIT_SECONDS = 10.0
 
 
 @dataclass
 class Unit:
     groups: list[Group]
+    #: Estimated seconds on one core (`ptbench.sweep.cost`); 0 where nobody estimated it.
+    cost: float = 0.0
 
     def specs(self) -> list[RunSpec]:
         return [spec for group in self.groups for spec in group.specs]
@@ -37,35 +69,62 @@ def _packable(group: Group, options: RunOptions) -> bool:
     return options.batched and group.task.batched_engine() is not None
 
 
-def make_units(groups: Sequence[Group], options: RunOptions, parts: int = 1) -> list[Unit]:
+def cost_model(options: RunOptions) -> CostModel:
+    """The estimate for these options: no engine under --no-batch; under --timeout, a task's
+    model or data draw that hangs while it is measured is stopped after the timeout."""
+    return CostModel(batched=options.batched, limit=options.timeout)
+
+
+def make_units(groups: Sequence[Group], options: RunOptions, costs: CostModel | None = None) -> list[Unit]:
     """Packable groups of one task variant become units of at most `options.max_batch_runs`
-    runs, split further so that there are at least `parts` units when the groups allow
-    (parallel workers all get work); every other group is a unit of its own."""
-    by_task: dict[str, list[Group]] = {}
-    single: list[Unit] = []
-    for group in groups:
+    runs and, where the groups allow, at most UNIT_SECONDS of estimated cost, of about equal
+    cost; every other group is a unit of its own. Largest first. `costs` is the estimate
+    (`ptbench.sweep.cost.CostModel`, or anything with its `groups` method)."""
+    groups = list(groups)
+    group_costs = (costs or cost_model(options)).groups(groups)
+    by_task: dict[str, list[tuple[Group, float]]] = {}
+    units: list[Unit] = []
+    for group, cost in zip(groups, group_costs):
         if _packable(group, options):
-            by_task.setdefault(group.task.key, []).append(group)
+            by_task.setdefault(group.task.key, []).append((group, cost))
         else:
-            single.append(Unit([group]))
-    packed_runs = sum(len(g.specs) for gs in by_task.values() for g in gs)
-    share = max(1, -(-packed_runs // max(parts - len(single), 1)))  # ceil: runs per unit
-    cap = max(1, min(options.max_batch_runs, share))
-    packed: list[Unit] = []
+            units.append(Unit([group], cost))
     for task_groups in by_task.values():
-        current: list[Group] = []
-        for group in task_groups:
-            if current and sum(len(g.specs) for g in current) + len(group.specs) > cap:
-                packed.append(Unit(current))
-                current = []
-            current.append(group)
-        if current:
-            packed.append(Unit(current))
-    return packed + single
+        units += _pack(task_groups, UNIT_SECONDS, options.max_batch_runs)
+    units.sort(key=lambda unit: -unit.cost)  # stable: equal costs keep the sweep's order
+    return units
+
+
+def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int) -> list[Unit]:
+    """One variant's groups, in order, as k units of about equal cost: k is the fewest that
+    keeps each within `most` (and within `max_runs` runs, and no more than the groups)."""
+    total = sum(cost for _, cost in task_groups)
+    runs = sum(len(group.specs) for group, _ in task_groups)
+    k = max(math.ceil(total / most - 1e-9) if most > 0 else 1, math.ceil(runs / max(max_runs, 1)), 1)
+    k = min(k, len(task_groups))
+    target = total / k
+    units: list[Unit] = []
+    current: list[Group] = []
+    cost = done = 0.0  # the current unit's cost; the cost of the units before it
+    for group, group_cost in task_groups:
+        over_runs = sum(len(g.specs) for g in current) + len(group.specs) > max_runs
+        # cut where this group's middle would cross the next multiple of `target`
+        past_share = done + cost + group_cost / 2 > target * (len(units) + 1) and len(units) < k - 1
+        if current and (over_runs or past_share):
+            units.append(Unit(current, cost))
+            done += cost
+            current, cost = [], 0.0
+        current.append(group)
+        cost += group_cost
+    if current:
+        units.append(Unit(current, cost))
+    return units
 
 
 def run_unit(unit: Unit, options: RunOptions) -> list[RunResult]:
-    return run_groups(unit.groups, options)
+    """Every run of the unit, on UNIT_THREADS torch threads (then torch's setting as it was)."""
+    with torch_threads(UNIT_THREADS):
+        return run_groups(unit.groups, options)
 
 
 def payload(unit: Unit) -> bytes:

@@ -309,7 +309,7 @@ def test_os_exit_in_one_strategy_under_jobs_2_fails_only_it_and_keeps_the_groups
 def test_timeout_stops_a_source_model_that_would_train_for_hours(cli, tmp_path):
     store = tmp_path / "runs.db"
     began = time.monotonic()
-    result = cli("run", "--task", spec_of(steps=10_000_000), "--seeds", "1", "--strategy", "scratch", "--timeout", "3",
+    result = cli("run", "--task", spec_of(steps=10_000_000), "--seeds", "1", "--strategy", "full", "--timeout", "3",
                  "--store", str(store), "--quiet", "--no-leaderboard", "--no-cache")
     assert time.monotonic() - began < 30
     assert result.code == 1, result.err
