@@ -15,8 +15,12 @@ the paper's.
 The features are those of the model's last feature layer (`TransferModel.feature_layers()[-1]`:
 what its head reads; the ReLU maps of the signal-noise CNN's filters, the last conv block of
 the image CNNs), flattened per example. `eta=0` is `full`, run for run (no penalty is
-added). A `batch_regularizer` without the donor's features; it runs on the per-run path and
-costs one singular-value decomposition of a b x d matrix per step.
+added). A `batch_regularizer` without the donor's features, costing one singular-value
+decomposition of a b x d matrix per step. It reads only the batch's tensors and the model's
+`feature_layers()`, with operations vmap batches (`torch.linalg.svdvals`), so it declares
+`batchable_regularizer = True` and trains on the vmapped engine (`ptbench/run/vmapped.py`:
+the image CNNs, all runs of a task variant as one program) with the same weights as on the
+per-run path; where a task's engine does not take it, it trains per run.
 """
 
 import torch
@@ -29,6 +33,7 @@ class BSS(Strategy):
 
     name = "bss"
     params = {"eta": [0.001, 0.01], "k": [1, 2]}
+    batchable_regularizer = True
 
     def validate(self):
         if self.eta < 0:

@@ -21,8 +21,12 @@ and over each map's entries, so that alpha does not grow with the batch size or 
 penalty of the order of the loss at the distances fine-tuning reaches on the quick suite.
 
 This file is the example of `batch_regularizer` with `needs_donor_features`: the harness
-computes the donor's features for each batch (no gradient, the donor left as it was). It
-runs on the per-run path (one more forward pass per step, through the donor).
+computes the donor's features for each batch (no gradient, the donor left as it was; one
+more forward pass per step, through the donor). It reads only the batch's tensors, with
+operations vmap batches, so it declares `batchable_regularizer = True` and trains on the
+vmapped engine (`ptbench/run/vmapped.py`: the image CNNs, all runs of a task variant as one
+program, the donors' features as one vmapped forward) with the same weights as on the
+per-run path; where a task's engine does not take it, it trains per run.
 """
 
 from ptbench.api import Strategy, TransferPlan
@@ -34,6 +38,7 @@ class Delta(Strategy):
     name = "delta"
     params = {"alpha": [0.1, 1.0]}
     needs_donor_features = True
+    batchable_regularizer = True
 
     def validate(self):
         if self.alpha < 0:

@@ -106,6 +106,7 @@ DONOR_HARNESS = (
     "ptbench.run.donors",
     "ptbench.run.batched",
     "ptbench.run.engines",
+    "ptbench.run.vmapped",
 )
 
 

@@ -16,6 +16,7 @@ applied), training splits, freeze masks and the task's budget.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -91,3 +92,73 @@ def torch_threads(count: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+class EngineChain(BatchedEngine):
+    """Several engines as one: each job goes to the first engine that `supports` it (a task
+    family's fast special-purpose engine first, a general one such as the vmapped engine
+    after it), and a model is evaluated by the engine that trained it (one never trained
+    here: by the first engine that supports it under a plain budget of the loss).
+
+    `threads` is the first engine's (the runner sets it around a whole unit); each engine
+    sets its own while it trains and evaluates."""
+
+    def __init__(self, engines: Sequence[BatchedEngine]):
+        if not engines:
+            raise ValueError("an EngineChain needs at least one engine")
+        self.engines = list(engines)
+        self.threads = self.engines[0].threads
+        #: model -> the engine that trained it (weak: models leave when their runs do)
+        self.trained_by: "weakref.WeakKeyDictionary[TransferModel, BatchedEngine]" = weakref.WeakKeyDictionary()
+
+    @property
+    def flops(self) -> float:  # type: ignore[override]
+        return sum(engine.flops for engine in self.engines)
+
+    @flops.setter
+    def flops(self, value: float) -> None:
+        for engine in getattr(self, "engines", []):
+            engine.flops = value
+
+    def _first(self, model: TransferModel, budget: TrainBudget, plan: TransferPlan | None, strategy: Strategy | None) -> tuple[BatchedEngine | None, list[str]]:
+        reasons = []
+        for engine in self.engines:
+            reason = engine.supports(model, budget, plan, strategy)
+            if reason is None:
+                return engine, reasons
+            reasons.append(reason)
+        return None, reasons
+
+    def supports(self, model: TransferModel, budget: TrainBudget, plan: TransferPlan | None, strategy: Strategy | None = None) -> str | None:
+        engine, reasons = self._first(model, budget, plan, strategy)
+        return None if engine is not None else "; ".join(reasons)
+
+    def train(self, jobs: Sequence[BatchJob], budget: TrainBudget, deadline: float | None = None) -> list[JobOutcome]:
+        assigned: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            engine, reasons = self._first(job.model, budget, job.plan, job.strategy)
+            if engine is None:
+                raise ValueError(f"no engine of the chain trains job {i}: {'; '.join(reasons)}")
+            assigned.setdefault(self.engines.index(engine), []).append(i)
+        outcomes: list[JobOutcome | None] = [None] * len(jobs)
+        for index, members in sorted(assigned.items()):
+            engine = self.engines[index]
+            for i, outcome in zip(members, engine.train([jobs[i] for i in members], budget, deadline)):
+                outcomes[i] = outcome
+                self.trained_by[jobs[i].model] = engine
+        return [o if o is not None else JobOutcome() for o in outcomes]
+
+    def accuracy(self, models: Sequence[TransferModel], splits: Sequence[Split], loss: str) -> list[float]:
+        plain = TrainBudget(steps=1, lr=1.0, optimizer="gd", loss=loss)
+        by_engine: dict[int, list[int]] = {}
+        for i, model in enumerate(models):
+            engine = self.trained_by.get(model)
+            if engine is None:
+                engine = self._first(model, plain, None, None)[0] or self.engines[-1]
+            by_engine.setdefault(self.engines.index(engine), []).append(i)
+        out = [0.0] * len(models)
+        for index, members in sorted(by_engine.items()):
+            accs = self.engines[index].accuracy([models[i] for i in members], [splits[i] for i in members], loss)
+            for i, acc in zip(members, accs):
+                out[i] = acc
+        return out

@@ -220,6 +220,17 @@ class ImageTask(Task):
             steps=steps, lr=self.lr, optimizer=self.optimizer, loss="cross_entropy", batch_size=self.batch_size, momentum=momentum
         )
 
+    def batched_engine(self):
+        """The vmapped engine (`ptbench.run.vmapped.VmapEngine`): every run of a variant with
+        the small CNN (seeds x strategies) trains as one program per architecture. ResNet-18
+        has BatchNorm buffers, which the engine refuses, so its variants get no engine at
+        all: their runs take the per-run loop, one group per unit of work."""
+        if self.arch == "resnet18":
+            return None
+        from ptbench.run.vmapped import VmapEngine
+
+        return VmapEngine()
+
 
 class ClassSplitTask(ImageTask):
     """Source and target: two class subsets of one image pool; see the module docstring.

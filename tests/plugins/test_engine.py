@@ -332,8 +332,11 @@ class PartlyScaledFilters(Strategy):
         return plan
 
 
-def test_a_run_whose_scales_differ_within_a_filter_goes_per_run(make_task):
-    specs = specs_for(make_task(), [Scratch(), PartlyScaledFilters()], seeds=(0,))
-    results = batched(specs)
-    assert {r.strategy: r.path for r in results.values()} == {"scratch": "batched", "partly-scaled-filters": "per-run"}
+def test_a_run_whose_scales_differ_within_a_filter_leaves_the_span_engine_for_the_vmapped_one(make_task):
+    task = make_task()
+    plan = PartlyScaledFilters().plan(task.model("source", torch.Generator()), task.model("target", torch.Generator()), torch.Generator())
+    assert "part of a filter" in TwoLayerCNNEngine().supports(task.model("target", torch.Generator()), task.budget("target"), plan)
+    specs = specs_for(task, [Scratch(), PartlyScaledFilters()], seeds=(0,))
+    results = batched(specs)  # the task's chain: span engine, then the vmapped engine
+    assert {r.strategy: r.path for r in results.values()} == {"scratch": "batched", "partly-scaled-filters": "batched"}
     assert_same_runs(results, per_run(specs))

@@ -266,14 +266,14 @@ def test_surgical_fine_tunes_only_the_named_layers_and_the_fresh_head(images):
 # --------------------------------------------------------------------------- batch regularisers
 
 
-def test_delta_and_bss_at_zero_strength_are_full_and_take_the_per_run_path(task):
+def test_delta_and_bss_at_zero_strength_are_full_and_batch_on_the_vmapped_engine(task):
     for strategy in (Delta(), BSS()):
         assert strategy.customises_training()
     strategies = [Full(), Delta(alpha=0.0), BSS(eta=0.0), Delta()]
     runs = run_both_paths(task, strategies)
     full, delta0, bss0, delta = (s.instance_name for s in strategies)
     for path in ("per-run", "batched"):
-        assert {r.path for r in runs[path][delta0] + runs[path][bss0] + runs[path][delta]} == {"per-run"}
+        assert {r.path for r in runs[path][delta0] + runs[path][bss0] + runs[path][delta]} == {path}
     per_run = runs["per-run"]
     assert_same(per_run[delta0], per_run[full])
     assert_same(per_run[bss0], per_run[full])

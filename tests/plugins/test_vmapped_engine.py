@@ -1,0 +1,282 @@
+"""The vmapped engine (ptbench/run/vmapped.py) trains what the per-run loop trains: for the
+image CNNs, every kind of plan (copies, freezes, learning-rate scales, value rules, weight
+penalties), phases and batch regularisers, under SGD with momentum and AdamW, gives the
+per-run loop's weights (float64: within 1e-5; in fact to about 1e-14) and its accuracies; a
+diverging run fails alone with the per-run loop's message; what vmap cannot run is refused
+(BatchNorm buffers, batch regularisers without the batchable promise) or, found only on a
+program's first step, trained per run; and through the runner the runs come out batched with
+the accuracies of the per-run path."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from ptbench.api import RunSpec, RunTimeout, Split, Strategy, TrainBudget, TransferLayer, TransferModel
+from ptbench.registry import default_registry
+from ptbench.rng import RandomStreams
+from ptbench.run.engines import BatchJob, EngineChain
+from ptbench.run.group import group_specs
+from ptbench.run.options import RunOptions
+from ptbench.run.protocol import batched_refusal, plan_context, plan_target
+from ptbench.run.runner import run_groups
+from ptbench.run.training import Diverged, accuracy, train
+from ptbench.run.vmapped import VmapEngine
+from ptbench.spec import parse_spec
+from ptbench.tasks.images.models import ResNet18
+
+REGISTRY = default_registry()
+
+#: One instance of every kind of plan and hook the engine batches.
+STRATEGIES = [
+    "scratch",
+    "full[freeze=True]",
+    "partial-filters[fraction=0.5]",
+    "partial-filters[fraction=0.25,freeze=True]",
+    "discriminative-lr",  # learning-rate scales
+    "shrink-perturb",  # a value rule
+    "l2-sp[alpha=0.5,beta=0.1]",  # a weight penalty, toward the donor and toward zero
+    "lp-ft[fraction=0.5]",  # phases
+    "delta",  # a batch regulariser with the donor's features
+    "bss",  # a batch regulariser (an SVD of the batch features)
+]
+
+
+def strategy(spec: str) -> Strategy:
+    name, values = parse_spec(spec)
+    return REGISTRY.strategy(name)(**{k: v[0] if isinstance(v, list) else v for k, v in values.items()})
+
+
+def task(spec: str, **values):
+    name, given = parse_spec(spec)
+    return REGISTRY.task(name)(**{**{k: v[0] if isinstance(v, list) else v for k, v in given.items()}, **values})
+
+
+def f64(split: Split) -> Split:
+    return Split(split.x.double(), split.y)
+
+
+def budgets(base: TrainBudget) -> dict[str, TrainBudget]:
+    return {
+        "adam": dataclasses.replace(base, optimizer="adam", lr=0.01, weight_decay=0.01),
+        "sgd": dataclasses.replace(base, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-3),
+    }
+
+
+def planned_jobs(the_task, specs, seeds, budget, dtype=torch.float64):
+    """(jobs, per-run references trained by `training.train`, test splits): every strategy
+    of every seed planned by the protocol against a briefly trained donor."""
+    jobs, refs, tests = [], [], []
+    for seed in seeds:
+        streams = RandomStreams(seed)
+        source, target = the_task.data("source", streams), the_task.data("target", streams)
+        convert = f64 if dtype == torch.float64 else (lambda s: s)
+        source_train, train_split, test_split = convert(source.train), convert(target.train), convert(target.test)
+        donor = the_task.model("source", streams.torch("source-init")).to(dtype)
+        train(donor, source_train, the_task.budget("source"), streams.torch("source-batches"))
+        for spec in specs:
+            strat = strategy(spec)
+            model = the_task.model("target", streams.torch("target-init")).to(dtype)
+            plan = plan_target(strat, donor, model, streams, plan_context(the_task, train_split, budget, streams, "cpu"))
+            ref = copy.deepcopy(model)
+            try:
+                train(ref, train_split, budget, streams.torch("target-batches"), plan, strat, donor=donor)
+                refs.append((ref, None))
+            except Diverged as err:
+                refs.append((ref, str(err)))
+            jobs.append(BatchJob(model, train_split, plan, batches=streams.torch("target-batches"), strategy=strat, donor=donor))
+            tests.append(test_split)
+    return jobs, refs, tests
+
+
+def assert_engine_equals_per_run(jobs, refs, tests, budget, tol=1e-5):
+    engine = VmapEngine(min_jobs=1)  # programs of one job too: the cross-domain test has them
+    for job in jobs:
+        assert engine.supports(job.model, budget, job.plan, job.strategy) is None
+    outcomes = engine.train(jobs, budget)
+    assert engine.fallbacks == []
+    accs = engine.accuracy([job.model for job in jobs], tests, budget.loss)
+    for job, (ref, error), outcome, acc, test in zip(jobs, refs, outcomes, accs, tests):
+        name = job.strategy.instance_name
+        assert (outcome.status, outcome.error) == (("ok", None) if error is None else ("diverged", error)), name
+        if error is not None:
+            continue
+        for (pname, mine), theirs in zip(job.model.named_parameters(), ref.parameters()):
+            assert float((mine - theirs).detach().abs().max()) <= tol, (name, pname)
+        assert acc == accuracy(ref, test, budget.loss), name
+    return outcomes
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_digits_every_plan_and_hook_equals_the_per_run_loop_float64(optimizer):
+    the_task = task("digits-split[width=8,source_steps=8,target_steps=10]")
+    budget = budgets(the_task.budget("target"))[optimizer]
+    assert_engine_equals_per_run(*planned_jobs(the_task, STRATEGIES, (0, 1), budget), budget)
+
+
+def test_cross_domain_other_cnn_equals_the_per_run_loop_float64():
+    # another SmallCNN (width 4, depth 3: an unpooled last conv), a donor with another head
+    # (3 texture classes against 10 digits), full-batch SGD with momentum (batch > split)
+    pytest.importorskip("skimage")
+    the_task = task("cross-domain[width=4,depth=3,n_target=4,source_steps=5,target_steps=8,pool=40,n_test=20]")
+    base = budgets(the_task.budget("target"))
+    for budget in (dataclasses.replace(base["sgd"], batch_size=64), base["adam"]):
+        assert_engine_equals_per_run(*planned_jobs(the_task, STRATEGIES[1:], (0,), budget), budget)
+
+
+def test_a_diverging_job_fails_alone_with_the_per_run_message():
+    the_task = task("digits-split[width=8,source_steps=4,target_steps=8]")
+    budget = budgets(the_task.budget("target"))["sgd"]
+    jobs, refs, tests = planned_jobs(the_task, ["scratch", "full"], (0,), budget)
+    # a third job, at a learning rate 10^30 times the budget's: it must blow up
+    blow = copy.deepcopy(jobs[1])
+    blow.plan = copy.deepcopy(blow.plan)
+    blow.plan.lr_scale = {name: torch.tensor(1e30) for name, _ in blow.model.named_parameters()}
+    blow.batches = RandomStreams(0).torch("target-batches")
+    ref = copy.deepcopy(blow.model)
+    with pytest.raises(Diverged) as err:
+        train(ref, blow.data, budget, RandomStreams(0).torch("target-batches"), blow.plan, blow.strategy, donor=blow.donor)
+    outcomes = assert_engine_equals_per_run(jobs + [blow], refs + [(ref, str(err.value))], tests + [tests[0]], budget)
+    assert [o.status for o in outcomes] == ["ok", "ok", "diverged"]
+    assert outcomes[2].error.startswith("loss became") or "not finite after training" in outcomes[2].error, outcomes[2].error
+
+
+def test_refuses_batchnorm_and_unpromised_batch_regularisers():
+    engine = VmapEngine()
+    budget = TrainBudget(steps=2, lr=0.01, optimizer="adam", loss="cross_entropy", batch_size=4)
+    resnet = ResNet18(3, 4, torch.Generator().manual_seed(0), width=4)
+    assert "buffers" in engine.supports(resnet, budget, None, None)
+
+    class Unpromised(strategy("delta").__class__):
+        name = "delta-unpromised"
+        batchable_regularizer = False
+
+    cnn = task("digits-split[width=8]").model("target", torch.Generator().manual_seed(0))
+    assert "batchable_regularizer" in engine.supports(cnn, budget, None, Unpromised())
+    assert engine.supports(cnn, budget, None, strategy("delta")) is None
+    assert "optimizer" in engine.supports(cnn, dataclasses.replace(budget, optimizer="lbfgs"), None, None)
+    # the protocol sends a ResNet-18 task's runs per run: it has no engine at all
+    assert task("digits-split[arch=resnet18,width=4]").batched_engine() is None
+
+
+def test_a_program_past_its_deadline_raises_run_timeout():
+    the_task = task("digits-split[width=8]")
+    budget = the_task.budget("target")
+    model = the_task.model("target", torch.Generator().manual_seed(0))
+    data = the_task.data("target", RandomStreams(0)).train
+    with pytest.raises(RunTimeout, match="time limit at step 0"):
+        VmapEngine(min_jobs=1).train([BatchJob(model, data, batches=torch.Generator().manual_seed(0))], budget, deadline=time.monotonic() - 1)
+
+
+class ItemModel(TransferModel):
+    """A linear model whose forward reads a number out of a tensor (`.item()`), which vmap
+    cannot batch: the engine finds out on the first step and trains it per run."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(3, 4, generator=generator))
+
+    def forward(self, x):
+        return self.lin(x) * (1.0 + 0.0 * float(x.sum().item()))
+
+    def transfer_layers(self):
+        return [TransferLayer("lin", ("lin.weight", "lin.bias"), (3,), head=True)]
+
+
+def test_what_vmap_cannot_run_trains_per_run_with_the_same_result():
+    g = torch.Generator().manual_seed(0)
+    data = Split(torch.randn(20, 4, generator=g), torch.randint(0, 3, (20,), generator=g))
+    budget = TrainBudget(steps=5, lr=0.1, optimizer="sgd", loss="cross_entropy", batch_size=8, momentum=0.9)
+    models = [ItemModel(torch.Generator().manual_seed(s)) for s in range(2)]
+    refs = [copy.deepcopy(m) for m in models]
+    for ref in refs:
+        train(ref, data, budget, torch.Generator().manual_seed(7))
+    engine = VmapEngine()
+    outcomes = engine.train([BatchJob(m, data, batches=torch.Generator().manual_seed(7)) for m in models], budget)
+    assert [o.status for o in outcomes] == ["ok", "ok"] and len(engine.fallbacks) == 1
+    for model, ref in zip(models, refs):
+        assert torch.equal(model.lin.weight, ref.lin.weight)
+
+
+class SpareParameter(TransferModel):
+    """A linear model with a parameter its forward never reads: torch.optim skips it (no
+    gradient, so no weight decay and no Adam step), and so must the engine."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.spare = nn.Parameter(torch.randn(5, generator=generator))
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(3, 4, generator=generator))
+
+    def forward(self, x):
+        return self.lin(x)
+
+    def transfer_layers(self):
+        return [TransferLayer("lin", ("lin.weight", "lin.bias"), (3,), head=True)]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_parameter_without_gradient_is_skipped_as_torch_optim_skips_it(optimizer):
+    g = torch.Generator().manual_seed(0)
+    data = Split(torch.randn(20, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (20,), generator=g))
+    budget = TrainBudget(steps=6, lr=0.1, optimizer=optimizer, loss="cross_entropy", batch_size=8, momentum=0.9, weight_decay=0.1)
+    models = [SpareParameter(torch.Generator().manual_seed(s)).double() for s in range(2)]
+    refs = [copy.deepcopy(m) for m in models]
+    for ref in refs:
+        train(ref, data, budget, torch.Generator().manual_seed(3))
+    engine = VmapEngine()
+    assert all(o.status == "ok" for o in engine.train([BatchJob(m, data, batches=torch.Generator().manual_seed(3)) for m in models], budget))
+    for model, ref in zip(models, refs):
+        assert torch.equal(model.spare, ref.spare)
+        assert float((model.lin.weight - ref.lin.weight).detach().abs().max()) < 1e-12
+
+
+def test_a_program_of_one_job_trains_on_the_per_run_loop(monkeypatch):
+    the_task = task("digits-split[width=8,source_steps=4,target_steps=6]")
+    budget = the_task.budget("target")
+    jobs, refs, tests = planned_jobs(the_task, ["full", "delta"], (0,), budget, dtype=torch.float32)
+    engine = VmapEngine()
+    monkeypatch.setattr(engine, "_program", lambda *a: pytest.fail("a program of one job was vmapped"))
+    assert all(o.status == "ok" for o in engine.train(jobs[1:], budget))  # delta alone
+    assert all(torch.equal(a, b) for a, b in zip(jobs[1].model.parameters(), refs[1][0].parameters()))
+
+
+def test_engine_chain_sends_each_job_to_the_first_engine_that_takes_it():
+    class Refuses(VmapEngine):
+        def supports(self, model, budget, plan, strategy=None):
+            return "never" if strategy is not None and strategy.name == "bss" else super().supports(model, budget, plan, strategy)
+
+    the_task = task("digits-split[width=8,source_steps=4,target_steps=6]")
+    budget = the_task.budget("target")
+    jobs, refs, tests = planned_jobs(the_task, ["full", "bss"], (0,), budget, dtype=torch.float32)
+    first, second = Refuses(), VmapEngine()
+    chain = EngineChain([first, second])
+    assert chain.supports(jobs[1].model, budget, jobs[1].plan, jobs[1].strategy) is None
+    assert all(o.status == "ok" for o in chain.train(jobs, budget))
+    trained = chain.trained_by
+    assert trained[jobs[0].model] is first and trained[jobs[1].model] is second
+    assert chain.accuracy([j.model for j in jobs], tests, budget.loss) == [accuracy(j.model, t, budget.loss) for j, t in zip(jobs, tests)]
+
+
+def test_through_the_runner_runs_are_batched_with_the_per_run_accuracies():
+    the_task = task("digits-split[width=8,source_steps=20,target_steps=12]")
+    specs = [RunSpec(the_task, strategy(s), seed) for seed in (0, 1) for s in ["scratch", "full", "l2-sp", "lp-ft[fraction=0.5]", "delta", "bss"]]
+
+    def results(batched):
+        return {r.key: r for g in group_specs(specs) for r in run_groups([g], RunOptions(batched=batched))}
+
+    per_run, batched = results(False), results(True)
+    engine = the_task.batched_engine()
+    assert isinstance(engine, VmapEngine) and batched_refusal(engine, the_task, specs[-1].strategy, the_task.model("target", torch.Generator()), the_task.budget("target"), None) is None
+    for key, ref in per_run.items():
+        mine = batched[key]
+        assert (ref.path, mine.path) == ("per-run", "batched"), key
+        assert (mine.status, mine.source_acc, mine.target_acc, mine.target_train_acc) == (ref.status, ref.source_acc, ref.target_acc, ref.target_train_acc), key
