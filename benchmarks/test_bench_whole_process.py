@@ -94,7 +94,7 @@ def test_startup_ptbench_import_cost_on_top_of_torch(benchmark, tmp_path):
     code = (
         "import time; import torch; t = time.perf_counter(); "
         "import ptbench.cli.run, ptbench.sweep.sweep, ptbench.run.runner, ptbench.results.store; "
-        "from ptbench.registry import Registry; r = Registry(); r.task('signal-noise'); r.strategy('scratch'); "
+        "from ptbench.registry import default_registry; r = default_registry(); r.task('signal-noise'); r.strategy('scratch'); "
         "print(time.perf_counter() - t)"
     )
 

@@ -24,6 +24,11 @@ traceback):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 import errno
 import json
 import math
@@ -40,7 +45,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-import pandas as pd
 import torch
 
 from ptbench.api import RunResult
@@ -574,12 +578,14 @@ class Store:
                 more = " (and more runs)" if len(rows) > 1 else ""
                 raise self._damaged(f"run {key!r}{more} holds {kind} {_short(value)} in its number column {name}")
 
-    def frame(self) -> pd.DataFrame:
+    def frame(self) -> "pd.DataFrame":
         """Every run as a DataFrame, JSON columns decoded. PtbenchError for a damaged store."""
         self._check_numbers()
         try:
+            import pandas as pd  # here, not at import: a sweep that writes no table never pays for it
+
             df = pd.read_sql_query(f"SELECT {', '.join(COLUMN_NAMES)} FROM runs ORDER BY task, strategy, seed", self.conn)
-        except (sqlite3.DatabaseError, _PandasDatabaseError) as err:
+        except (sqlite3.DatabaseError, getattr(pd.errors, "DatabaseError", sqlite3.DatabaseError)) as err:
             raise self._damaged(f"it cannot be read ({' '.join(str(err).split())})") from None
         for name in JSON_COLUMNS:
             df[name] = pd.Series([_decode(s, key, name, self) for key, s in zip(df["key"], df[name])], index=df.index, dtype=object)
@@ -604,7 +610,6 @@ def _free_bytes(folder: Path) -> float:
         return math.inf
 
 
-_PandasDatabaseError = getattr(pd.errors, "DatabaseError", sqlite3.DatabaseError)
 
 
 def _short(value: Any) -> str:
@@ -656,7 +661,7 @@ def open_existing(path: str | Path) -> Store:
     return Store(path, create=False)
 
 
-def export_frame(df: pd.DataFrame, fmt: str, out: str | Path | None) -> str | None:
+def export_frame(df: "pd.DataFrame", fmt: str, out: str | Path | None) -> str | None:
     """Write runs as csv, json or parquet; returns the text when `out` is None (csv/json)."""
     flat = df.copy()
     for name in JSON_COLUMNS:
