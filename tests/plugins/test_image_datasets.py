@@ -279,7 +279,7 @@ def test_cli_missing_data_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
-    assert "mnist/train-images-idx3-ubyte" in lines[0] and "Traceback" not in proc.stderr
+    assert "mnist/ (train-images-idx3-ubyte" in lines[0] and "Traceback" not in proc.stderr
 
 
 # --------------------------------------------------------------------------- hostile files
