@@ -112,7 +112,9 @@ def assert_engine_equals_per_run(jobs, refs, tests, budget, tol=1e-5):
     return outcomes
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+# Both optimisers (about 9 s together) run with the slow tests; `-m "not slow"` keeps the
+# cross-domain equality and the smaller checks.
+@pytest.mark.parametrize("optimizer", [pytest.param("adam", marks=pytest.mark.slow), pytest.param("sgd", marks=pytest.mark.slow)])
 def test_digits_every_plan_and_hook_equals_the_per_run_loop_float64(optimizer):
     the_task = task("digits-split[width=8,source_steps=8,target_steps=10]")
     budget = budgets(the_task.budget("target"))[optimizer]
@@ -266,6 +268,7 @@ def test_engine_chain_sends_each_job_to_the_first_engine_that_takes_it():
     assert chain.accuracy([j.model for j in jobs], tests, budget.loss) == [accuracy(j.model, t, budget.loss) for j, t in zip(jobs, tests)]
 
 
+@pytest.mark.slow
 def test_through_the_runner_runs_are_batched_with_the_per_run_accuracies():
     the_task = task("digits-split[width=8,source_steps=20,target_steps=12]")
     specs = [RunSpec(the_task, strategy(s), seed) for seed in (0, 1) for s in ["scratch", "full", "l2-sp", "lp-ft[fraction=0.5]", "delta", "bss"]]
