@@ -15,7 +15,7 @@ import time
 from ..api import RunResult, TaskData, TransferModel
 from . import exits
 from .engines import BatchedEngine, BatchJob
-from .group import DONORS, GroupState, Trained
+from .group import DONORS, GroupState, Trained, batch_stream
 from .per_run import PlannedRun, diagnostics_of, error_text, failed_result
 from .protocol import deadline_after
 from .training import RunTimeout
@@ -31,8 +31,7 @@ def train_donors(engine: BatchedEngine, donor: str, missing: list[tuple[GroupSta
     start = time.perf_counter()
     exits.now("source model", [spec.key for state, _, _ in missing for spec in state.group.specs])
     try:
-        batches = DONORS[donor][1] + "-batches"
-        outcomes = engine.train([BatchJob(model, data.train, batches=state.streams.torch(batches)) for state, model, data in missing], budget)
+        outcomes = engine.train([BatchJob(model, data.train, batches=state.streams.torch(batch_stream(donor))) for state, model, data in missing], budget)
     except BaseException as err:  # SystemExit, KeyboardInterrupt from plugin code fail the runs too
         exits.reraise_users(err)
         for state, _, _ in missing:

@@ -15,7 +15,7 @@ import torch
 from ..api import Task, TaskData
 from ..rng import RandomStreams
 from .cache import CacheWarning, DonorCache, model_digest
-from .group import DONORS, Trained
+from .group import DONORS, Trained, batch_stream
 from .training import accuracy, train
 
 
@@ -39,12 +39,12 @@ def fresh_donor(task: Task, donor: str, streams: RandomStreams, device: str) -> 
 def train_donor(task: Task, donor: str, data: TaskData, streams: RandomStreams, device: str, model: torch.nn.Module | None = None) -> Trained:
     """Train a donor model (fresh from its stream unless given) on its side's data, on the
     per-run training loop."""
-    role, init_role = DONORS[donor]
+    role = DONORS[donor][0]
     start = time.perf_counter()
     model = model if model is not None else fresh_donor(task, donor, streams, device)
     budget = task.budget(role)
     trajectory, observer = tracer(task, data, None)
-    train(model, data.train, budget, streams.torch(f"{init_role}-batches"), observer=observer, observe_every=max(task.trace_every(), 1))
+    train(model, data.train, budget, streams.torch(batch_stream(donor)), observer=observer, observe_every=max(task.trace_every(), 1))
     seconds = time.perf_counter() - start
     acc = accuracy(model, data.test, budget.loss)
     return Trained(model, acc, seconds, task.diagnostics(model, data, None), trajectory, model_digest(model))

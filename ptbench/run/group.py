@@ -24,6 +24,11 @@ from .cache import model_digest
 DONORS: dict[str, tuple[str, str]] = {"source": ("source", "source-init"), "target": ("target", "selffer-init")}
 
 
+def batch_stream(donor: str) -> str:
+    """The stream a donor's minibatch order is drawn from, on either path."""
+    return f"{DONORS[donor][1]}-batches"
+
+
 @dataclass
 class Group:
     """The runs that share one source model: one task variant, one seed."""
@@ -76,14 +81,15 @@ class GroupState:
     budget: TrainBudget | None = None
     donors: dict[str, Trained] = field(default_factory=dict)
     failure: tuple[str, str] | None = None
-    #: Models planned against that are not trained donors (the untrained stand-in that
-    #: strategies with `donor = None` plan against).
-    extra_donors: dict[str, torch.nn.Module] = field(default_factory=dict)
+    #: The untrained stand-in that strategies with `donor = None` plan against (built by the
+    #: runner when such a strategy plans; None until then).
+    untrained: torch.nn.Module | None = None
 
     def donor_model(self, strategy: Strategy) -> torch.nn.Module | None:
-        """The model `strategy` inherits from (None for a strategy that inherits nothing)."""
+        """The model `strategy` plans against: its trained donor, or for a strategy that
+        inherits nothing, the untrained stand-in."""
         if strategy.donor is None:
-            return self.extra_donors.get("untrained")
+            return self.untrained
         return self.donors[strategy.donor].model
 
     @property

@@ -128,13 +128,12 @@ def _cached_source(task: Task, state: GroupState, device: str, cache: DonorCache
         state.donors["source"] = trained
 
 
-def _null_donor(state: GroupState, device: str):
+def _ensure_untrained(state: GroupState, device: str) -> None:
     """What a strategy that inherits nothing (`donor = None`) plans against: the source
     model's fresh, untrained initialisation, built once per group. Planning must then copy
     nothing (`protocol.make_plan` checks), so no number can depend on it."""
-    if "untrained" not in state.extra_donors:
-        state.extra_donors["untrained"] = fresh_donor(state.task, "source", state.streams, device)
-    return state.extra_donors["untrained"]
+    if state.untrained is None:
+        state.untrained = fresh_donor(state.task, "source", state.streams, device)
 
 
 def plan_run(spec: RunSpec, state: GroupState, options: RunOptions, engine=None) -> PlannedRun | RunResult:
@@ -148,7 +147,9 @@ def plan_run(spec: RunSpec, state: GroupState, options: RunOptions, engine=None)
     exits.now("planning", [spec.key])
     try:
         target = state.task.model("target", state.streams.torch("target-init")).to(device)
-        donor = _null_donor(state, device) if strategy.donor is None else state.donors[strategy.donor].model
+        if strategy.donor is None:
+            _ensure_untrained(state, device)
+        donor = state.donor_model(strategy)
         context = plan_context(state.task, state.target_data.train, state.budget, state.streams, device, deadline, state.target_data.extras, engine, donor)
         plan = plan_target(strategy, donor, target, state.streams, context)
     except BaseException as err:  # SystemExit, KeyboardInterrupt from plugin code fail the run too
