@@ -1,5 +1,5 @@
-import sys
+"""`python -m ptbench`: the command line, ended without the interpreter's teardown (`exit_now`)."""
 
-from .cli import main
+from .cli import exit_now, main
 
-sys.exit(main())
+exit_now(main())

@@ -200,11 +200,17 @@ def exit_text(err: BaseException, culprit: str | None = None) -> str:
 def in_worker(reporter: Callable[[str, list[str]], None] | None) -> None:
     """This process is a worker: SIGINT is ignored (the parent decides when to stop), every
     BaseException from plugin code is the plugin's, and `now` reports through `reporter`."""
-    global _worker, _reporter
+    global _worker, _reporter, _received
     _worker = True
     _reporter = reporter
+    # A worker forked from the sweep starts with the sweep's watch (its handlers, its modes,
+    # a signal it recorded): none of that is the worker's. SIGTERM kills it, as a fresh
+    # process; SIGINT is ignored.
+    _received = None
+    _local.depth, _local.modes = 0, []
     if _main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def now(kind: str, keys: Sequence[str]) -> None:

@@ -9,8 +9,9 @@ dependencies lazily: dask is the optional extra `dist`.
 `--jobs auto` (the default) is `AutoExecutor`: one worker process per usable core, each unit
 on one torch thread (`units.UNIT_THREADS`, as everywhere), or this process where workers
 cannot pay for themselves: one core, one unit, or a sweep estimated to take less than
-AUTO_MIN_SECONDS (starting a pool costs seconds: the forkserver imports torch, each worker
-its tasks' libraries). `--jobs 1` is LocalExecutor, `--jobs N` ProcessExecutor. Every
+AUTO_MIN_SECONDS (a worker is forked from this process, so starting one costs milliseconds,
+but a sweep of a few seconds gains less from a second core than its units' imbalance
+costs). `--jobs 1` is LocalExecutor, `--jobs N` ProcessExecutor. Every
 executor runs the same units (`units.make_units` does not look at the worker count), so the
 numbers are the same whichever runs them.
 
@@ -63,11 +64,11 @@ SLACK = 5.0
 #: Seconds between two looks at the workers (stop signals, deaths, deadlines, memory).
 POLL = 0.25
 #: `--jobs auto` runs a sweep estimated below this many seconds (on one core) in this
-#: process: starting a pool would cost more than the other cores save. Measured on 2 cores:
-#: 1-4 s for signal-noise units (the forkserver imports torch), 12 s under load for a
-#: sweep with digits (each worker imports scikit-learn too): a 12-run sweep took 7 s with
-#: --jobs 1 and 20 s with --jobs 2.
-AUTO_MIN_SECONDS = 20.0
+#: process: a second core cannot save more than half of it, and a unit's own overhead
+#: (its engine program's set-up, its results' pickling) is a few tenths of a second.
+#: Workers are forked from this process (`_context`), so the pool's start costs
+#: milliseconds; with a forkserver it cost 2-3 s and this was 20 s.
+AUTO_MIN_SECONDS = 2.0
 #: What a worker was busy with, as the messages say it (`exits.now` kinds).
 DOING = {
     "data": "drawing its data",
@@ -178,15 +179,21 @@ _CONTEXT: list = []
 
 
 def _context():
-    """Workers are forked from a forkserver that has imported torch and the harness once (a
-    new worker in a fraction of a second, not an interpreter start); spawned where there is
-    no fork."""
+    """Workers are forked from this process, where fork exists: it has already imported
+    torch, the harness, the plugin files and whatever the cost estimate loaded for the tasks
+    (scikit-learn and the digits images, say), so a new worker costs a fork, a few
+    milliseconds, and inherits all of it. Measured on 2 cores: a forkserver that imports
+    torch and the harness itself made every pool wait 2-3 s before its first unit, and each
+    worker then imported the tasks' libraries again (1.5 s for scikit-learn). Spawned (a
+    fresh interpreter) where there is no fork. Forking is safe here because this process
+    runs torch on one thread while a sweep runs (`sweep.run_sweep`), so no OpenMP thread pool
+    exists to be lost in the child, and no other thread of this process touches what a
+    worker uses."""
     if not _CONTEXT:
         import multiprocessing
 
         try:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["torch", "ptbench.run.runner", "ptbench.sweep.units", "ptbench.sweep.worker"])
+            context = multiprocessing.get_context("fork")
         except ValueError:
             context = multiprocessing.get_context("spawn")
         _CONTEXT.append(context)

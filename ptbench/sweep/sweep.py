@@ -424,7 +424,18 @@ def run_sweep(
     preflight: bool = True,
 ) -> SweepSummary:
     """Run what `specs` lack in `store`. `preflight`: ask every task whether its data is
-    there first (off for a dask cluster, whose workers read their own PTBENCH_DATA)."""
+    there first (off for a dask cluster, whose workers read their own PTBENCH_DATA).
+
+    torch runs on UNIT_THREADS threads in this process for the whole sweep, the estimate
+    and the pre-flight included: units run on that many wherever they run, and worker
+    processes are forked from this one (`execute._context`), which must therefore never have
+    started an OpenMP thread pool (a forked child cannot use its parent's)."""
+    with torch_threads(UNIT_THREADS):
+        return _run_sweep(specs, store, options, force, retry_failed, progress, executor, preflight)
+
+
+def _run_sweep(specs: list[RunSpec], store: Store, options: RunOptions, force: bool, retry_failed: bool, progress: bool,
+               executor: Executor | None, preflight: bool) -> SweepSummary:
     say = (lambda line: tqdm.write(line, file=sys.stderr)) if progress else (lambda line: None)
     _open_for_sweep(store, say)
     unwritten = _Unwritten(say)
@@ -442,7 +453,7 @@ def run_sweep(
         # Ctrl-C and SIGTERM are recorded, not raised, while results are stored and counted (a
         # run is stored and counted, or neither; every result an executor has received is
         # stored); the executor stops at its next safe point, or at once while it trains here.
-        with exits.watch() as seen, torch_threads(UNIT_THREADS), unit_starts(bar.started):
+        with exits.watch() as seen, unit_starts(bar.started):
             results = executor.run(groups, options)
             try:
                 for result in results:

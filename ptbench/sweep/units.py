@@ -9,7 +9,8 @@ run takes is decided once, per run, by `ptbench.run.protocol.batched_refusal` in
 Units are sized by estimated cost (`ptbench.sweep.cost`: seconds on one core), not by run
 count: a run of the per-run loop can cost a hundred batched ones, and a digits run ten
 signal-noise ones. A task variant's packable groups are cut into units of about equal cost,
-none above UNIT_SECONDS where the groups allow, and the units come largest first, so that a
+none above UNIT_SECONDS where the groups allow and at least SPLIT_UNITS of them where each
+is still worth a unit, and the units come largest first, so that a
 pool that hands them out in order (longest processing time first) has its workers finish
 together rather than one finishing a big unit alone at the end. The cut does not depend on
 how many workers there are: a batched engine's floats depend on which runs share a program
@@ -53,6 +54,13 @@ UNIT_THREADS = 1
 #: enough for an engine program to share its per-step overhead among a few groups (the
 #: signal-noise engine: 5 groups as one program or as 2 + 3, equal time within noise).
 UNIT_SECONDS = 10.0
+#: ... and cut into at least this many units (of at least SPLIT_MIN_SECONDS each), however
+#: small: a sweep of a few seconds, one variant (a seed sweep), is then still spread over a
+#: machine's cores. Workers are forked, so a unit in a worker costs milliseconds more than
+#: in this process; each unit's engine program costs a few tenths of a second of per-step
+#: overhead. Fixed, like UNIT_SECONDS, so that the cut never follows the worker count.
+SPLIT_UNITS = 4
+SPLIT_MIN_SECONDS = 1.0
 
 
 @dataclass
@@ -97,10 +105,12 @@ def make_units(groups: Sequence[Group], options: RunOptions, costs: CostModel | 
 
 def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int) -> list[Unit]:
     """One variant's groups, in order, as k units of about equal cost: k is the fewest that
-    keeps each within `most` (and within `max_runs` runs, and no more than the groups)."""
+    keeps each within `most` (and within `max_runs` runs), at least SPLIT_UNITS where each
+    would still cost SPLIT_MIN_SECONDS, and no more than the groups."""
     total = sum(cost for _, cost in task_groups)
     runs = sum(len(group.specs) for group, _ in task_groups)
-    k = max(math.ceil(total / most - 1e-9) if most > 0 else 1, math.ceil(runs / max(max_runs, 1)), 1)
+    k = max(math.ceil(total / most - 1e-9) if most > 0 else 1, math.ceil(runs / max(max_runs, 1)),
+            min(SPLIT_UNITS, math.floor(total / SPLIT_MIN_SECONDS)), 1)
     k = min(k, len(task_groups))
     target = total / k
     units: list[Unit] = []

@@ -1,10 +1,11 @@
 """A worker process of `ptbench run --jobs N` (or `--timeout`): runs the units its parent sends.
 
-Started by `ptbench.sweep.execute` as a multiprocessing process (forked from a forkserver that
-has imported torch and the harness once, so a new worker costs a fork, not an interpreter
-start; spawned where there is no fork) running `serve(conn, sweep_pid)`. The parent sends one
-init message ({"sys_path", "cwd", "environ", "threads"}: a forked worker must not keep the
-forkserver's), then units as (id, pickled unit, RunOptions, plugin files), then None to end.
+Started by `ptbench.sweep.execute` as a multiprocessing process (forked from the sweep's own
+process, which has imported torch, the harness, the plugin files and the tasks' libraries,
+so a new worker costs a fork, not an interpreter start and its imports; spawned where there
+is no fork) running `serve(conn, sweep_pid)`. The parent sends one init message ({"sys_path",
+"cwd", "environ", "threads"}: what a spawned worker needs, and the same for a forked one),
+then units as (id, pickled unit, RunOptions, plugin files), then None to end.
 The worker answers:
 
     ("ready", pid)                       after start-up

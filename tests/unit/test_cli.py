@@ -37,6 +37,30 @@ def test_unknown_strategy_in_a_real_process(cli_subprocess, tmp_path):
     assert not (tmp_path / "s.db").exists()  # refused before anything was created
 
 
+def test_the_fast_exit_still_runs_atexit_handlers_flushes_output_and_lets_a_profiler_write(tmp_path):
+    """`python -m ptbench` ends with os._exit after the atexit handlers (`cli.exit_now`): what
+    it prints arrives whole, a handler a plugin registered still runs, and under cProfile
+    (which writes at the interpreter's exit) the command exits normally."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "atexit-ran"
+    plugin = tmp_path / "registers_atexit.py"
+    plugin.write_text(
+        "import atexit, pathlib\nfrom ptbench.strategies.scratch import Scratch\n"
+        f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes'))\n"
+        "class AtExit(Scratch):\n    name = 'test-atexit'\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "ptbench", "list", "strategies", "--plugin", str(plugin)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "scratch" in proc.stdout and proc.stdout.rstrip().splitlines()[-1].strip(), proc.stdout[-300:]
+    assert marker.read_text() == "yes"
+    profile = tmp_path / "ptbench.prof"
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "ptbench", "list", "suites"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert profile.stat().st_size > 0
+
+
 def test_bad_suite_file_in_a_real_process(cli_subprocess, tmp_path):
     (tmp_path / "broken.toml").write_text('seeds = 2\ntasks = ["signal-noise"\n')
     res = cli_subprocess("run", "--suite", "broken.toml", "--store", "s.db", "--no-leaderboard")

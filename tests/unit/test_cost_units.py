@@ -23,7 +23,7 @@ from ptbench.strategies.scratch import Scratch
 from ptbench.sweep import cost, sweep as sweep_module
 from ptbench.sweep.cost import PLANS_WITH_DATA, UNKNOWN_RUN_SECONDS, CostModel, engine_speedup, forward_flops
 from ptbench.sweep.execute import AUTO, AutoExecutor, DaskExecutor, LocalExecutor, ProcessExecutor, make_executor, parse_jobs
-from ptbench.sweep.units import UNIT_SECONDS, make_units, run_unit
+from ptbench.sweep.units import SPLIT_MIN_SECONDS, SPLIT_UNITS, UNIT_SECONDS, make_units, run_unit
 from ptbench.tasks.signal_noise import SignalNoise
 
 from conftest import small_task
@@ -154,18 +154,30 @@ def test_units_hold_one_variant_come_largest_first_and_cover_every_run_once():
 def test_a_variant_is_cut_into_units_of_about_equal_cost_within_the_cap_and_a_group_never():
     task, other = small_task(), small_task(shared=0.5)
     groups = group_specs(specs_for(task, range(8)) + specs_for(other, range(2)))
-    costs = {(task.key, seed): 3.0 for seed in range(8)} | {(other.key, seed): 1.5 * UNIT_SECONDS for seed in range(2)}
+    costs = {(task.key, seed): 6.0 for seed in range(8)} | {(other.key, seed): 1.5 * UNIT_SECONDS for seed in range(2)}
     units = make_units(groups, RunOptions(), costs=Fixed(costs))
     mine = [unit for unit in units if unit.groups[0].task.key == task.key]
-    assert len(mine) == 3 and all(unit.cost <= UNIT_SECONDS for unit in mine)  # 24 s: 3 units, not 8 and not 2
+    assert len(mine) == 5 and all(unit.cost <= UNIT_SECONDS + 2.0 for unit in mine)  # 48 s: 5 units, not 8 and not 4
     assert sum(len(unit.groups) for unit in mine) == 8
     assert [unit.cost for unit in units if unit.groups[0].task.key == other.key] == [1.5 * UNIT_SECONDS] * 2
+
+
+@pytest.mark.parametrize(("seeds", "each", "count"), [(64, 0.075, SPLIT_UNITS), (8, 0.3, 2), (8, 0.1, 1), (3, 2.0, 3)])
+def test_a_small_variant_is_still_cut_for_the_cores_and_never_below_a_second_a_unit(seeds, each, count):
+    """A seed sweep of a few seconds is one variant: cut into SPLIT_UNITS units where each
+    costs SPLIT_MIN_SECONDS (64 x 0.075 = 4.8 s: 4 units), fewer where it would not (2.4 s: 2;
+    0.8 s: 1), never more than its groups (3)."""
+    task = small_task()
+    groups = group_specs(specs_for(task, range(seeds)))
+    units = make_units(groups, RunOptions(), costs=Fixed({(task.key, s): each for s in range(seeds)}))
+    assert len(units) == count and all(unit.cost >= min(SPLIT_MIN_SECONDS, seeds * each) - 1e-9 for unit in units)
+    assert sorted(g.seed for unit in units for g in unit.groups) == list(range(seeds))
 
 
 def test_max_batch_runs_still_caps_a_unit():
     task = small_task()
     groups = group_specs(specs_for(task, range(6)))
-    units = make_units(groups, RunOptions(max_batch_runs=4), costs=Fixed({(task.key, s): 1.0 for s in range(6)}))
+    units = make_units(groups, RunOptions(max_batch_runs=4), costs=Fixed({(task.key, s): 0.5 for s in range(6)}))
     assert [len(unit.specs()) for unit in units] == [4, 4, 4]
 
 
