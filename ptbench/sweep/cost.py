@@ -237,7 +237,7 @@ def _time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _guarded(call, default=None, limit: float | None = None):
+def guarded(call, default=None, limit: float | None = None):
     """`call()`, or `default` when plugin code fails, exits or (past `limit` seconds) hangs in
     it: the run itself will say what is wrong. The user's Ctrl-C still stops."""
     from ptbench.run import exits
@@ -314,10 +314,10 @@ def _on_engine(engine, task: Task, strategy: Strategy | None, model, budget: Tra
         return False
     if model is None:
         hooked = strategy is not None and type(strategy).regularizer is not Strategy.regularizer
-        return not hooked and bool(_guarded(lambda: task.trace_every() <= 0, False, limit))
+        return not hooked and bool(guarded(lambda: task.trace_every() <= 0, False, limit))
     from ptbench.run.protocol import batched_refusal
 
-    return bool(_guarded(lambda: batched_refusal(engine, task, strategy, model, budget, None) is None, False, limit))
+    return bool(guarded(lambda: batched_refusal(engine, task, strategy, model, budget, None) is None, False, limit))
 
 
 class CostModel:
@@ -350,14 +350,14 @@ class CostModel:
         if variant is not None and not new:
             return variant
         limit = self.limit
-        model = _guarded(lambda: _fresh(task, "target"), None, limit)
+        model = guarded(lambda: _fresh(task, "target"), None, limit)
         if variant is None:
             for cache in (_VARIANTS, _SIDES):
                 if len(cache) >= _MAX_ENTRIES:
                     cache.clear()
-            engine = _guarded(task.batched_engine, None, limit) if self.batched else None
-            budget = _guarded(lambda: task.budget("target"), None, limit)
-            signature = None if model is None else _guarded(lambda: _signature(task, model, self.batched), None, limit)
+            engine = guarded(task.batched_engine, None, limit) if self.batched else None
+            budget = guarded(lambda: task.budget("target"), None, limit)
+            signature = None if model is None else guarded(lambda: _signature(task, model, self.batched), None, limit)
             variant = _Variant(task, engine, budget, signature)
             _VARIANTS[key] = variant
         for strategy in new:
@@ -367,8 +367,8 @@ class CostModel:
     def _donor_on_engine(self, variant: _Variant, donor: str) -> bool:
         if donor not in variant.donor_on_engine:
             task, role = variant.task, DONORS.get(donor, ("source",))[0]
-            model = _guarded(lambda: _fresh(task, role), None, self.limit) if variant.engine is not None else None
-            budget = _guarded(lambda: task.budget(role), None, self.limit)
+            model = guarded(lambda: _fresh(task, role), None, self.limit) if variant.engine is not None else None
+            budget = guarded(lambda: task.budget(role), None, self.limit)
             variant.donor_on_engine[donor] = _on_engine(variant.engine, task, None, model, budget, self.limit)
         return variant.donor_on_engine[donor]
 
@@ -379,7 +379,7 @@ class CostModel:
             variant.measured = True
             shared = _SIDES.get(variant.signature)
             if shared is None or self._probed < PROBE_ELEMENTS:
-                sides, elements = _guarded(lambda: _measure(variant.task), ({}, 0.0), self.limit)
+                sides, elements = guarded(lambda: _measure(variant.task), ({}, 0.0), self.limit)
                 self._probed += elements
                 shared = _SIDES.setdefault(variant.signature, sides)
                 variant.sides.update(sides)

@@ -404,13 +404,27 @@ class _Progress:
         self.bar.close()
 
 
-def check_data(specs: list[RunSpec]) -> None:
+def check_data(specs: list[RunSpec], limit: float | None = None) -> None:
     """Before anything trains: every task with a run to do finds its data (a task's optional
     `check_data()`, e.g. tasks/images/disk.py); its PtbenchError stops the sweep as one line,
-    before any other task of the suite has trained."""
+    before any other task of the suite has trained. Anything else it does (a plugin's bug,
+    exit or, past `limit` seconds, hang) is not the sweep's end: that task's runs will meet
+    the same problem and each say so as its failure."""
+    from ptbench.sweep.cost import guarded
+
     for task in {id(spec.task): spec.task for spec in specs}.values():
         if callable(getattr(task, "check_data", None)):
-            task.check_data()
+            raised: list[PtbenchError] = []
+
+            def ask(task=task) -> None:
+                try:
+                    task.check_data()
+                except PtbenchError as err:
+                    raised.append(err)
+
+            guarded(ask, None, limit)
+            if raised:
+                raise raised[0]
 
 
 def run_sweep(
@@ -442,7 +456,7 @@ def _run_sweep(specs: list[RunSpec], store: Store, options: RunOptions, force: b
     plan = pending(specs, store, force, retry_failed)
     todo = plan.todo
     if preflight:
-        check_data(todo)
+        check_data(todo, options.timeout)
     summary = SweepSummary(skipped=plan.skipped, changed=plan.changed)
     groups = group_specs(todo)
     executor = executor or LocalExecutor()

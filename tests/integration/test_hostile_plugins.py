@@ -303,6 +303,41 @@ def test_os_exit_in_one_strategy_under_jobs_2_fails_only_it_and_keeps_the_groups
         assert runs.loc[(strategy, seed), "target_acc"] == expected.target_acc
 
 
+BAD_CHECK_DATA_TASK = '''
+import os, sys
+from ptbench.tasks.signal_noise import SignalNoise
+
+
+class BadCheck(SignalNoise):
+    name = "bad-check"
+    params = {**SignalNoise.params, "how": ["raises", "exits", "os-exits"]}
+
+    def check_data(self):
+        if self.how == "raises":
+            raise RuntimeError("a bug in check_data")
+        if self.how == "exits":
+            sys.exit(3)
+        os._exit(0)
+'''
+
+
+@pytest.mark.parametrize("how", ["raises", "exits"])
+def test_a_check_data_that_raises_or_exits_ends_neither_the_sweep_nor_its_other_tasks(cli, tmp_path, how):
+    """The pre-flight asks each task's `check_data()`: only a PtbenchError (data not there)
+    stops the sweep; a plugin's bug or sys.exit there is not the sweep's end, and the other
+    task's runs are done and stored."""
+    plugin = tmp_path / "bad_check.py"
+    plugin.write_text(BAD_CHECK_DATA_TASK)
+    store = tmp_path / "runs.db"
+    bad = "bad-check[" + ",".join(f"{k}={v}" for k, v in {**T_VALUES, "how": how}.items()) + "]"
+    result = cli("run", "--plugin", str(plugin), "--task", bad, "--task", T, "--seeds", "1", "--strategy", "scratch",
+                 "--store", str(store), "--quiet", "--no-leaderboard")
+    assert "Traceback" not in result.err and result.code == 0, result.err
+    with Store(store) as opened:
+        runs = opened.frame()
+    assert sorted(runs["status"]) == ["ok", "ok"] and len(runs) == 2
+
+
 # --------------------------------------------------------------------------- 3. timeouts bound everything
 
 
