@@ -87,6 +87,11 @@ def plan_context(
     inherits from) is what a candidate plan's `penalty` pulls toward."""
 
     def train_many(models: list[TransferModel], split: Split, plans: list[TransferPlan | None]) -> list[Diverged | None]:
+        models, plans = list(models), list(plans)
+        if len(models) != len(plans):  # zip would train the shorter list's share and say nothing
+            raise ValueError(f"context.train_many: {len(models)} model(s) but {len(plans)} plan(s); give one plan (or None) per model")
+        if len({id(m) for m in models}) != len(models):
+            raise ValueError("context.train_many: the same model object appears twice; give each candidate its own copy")
         if engine is not None and all(batched_refusal(engine, task, None, m, budget, p) is None for m, p in zip(models, plans)):
             jobs = [BatchJob(m, split, p, batches=streams.torch("plan-batches"), donor=donor) for m, p in zip(models, plans)]
             return [None if o.status == "ok" else Diverged(o.error or o.status) for o in engine.train(jobs, budget, deadline)]

@@ -267,3 +267,37 @@ def test_auto_fraction_does_not_choose_a_diverged_candidate(planning):
     notes = plan_auto(planning, TwoLayerCNNEngine(), wrap).notes
     assert notes["fraction"] != chosen
     assert notes[f"val_acc[{chosen:g}]"] is None and notes[f"val_loss[{chosen:g}]"] is None
+
+
+class MisusesTrainMany(Strategy):
+    """A plugin's plan_with_data that calls context.train_many wrongly: one plan short, or
+    one model twice. Its run must fail saying so, and no other run with it."""
+
+    name = "test-misuses-train-many"
+    params = {"how": ["short", "twice"]}
+
+    def plan(self, source, target, rng):
+        return TransferPlan.full(source, target)
+
+    def plan_with_data(self, source, target, rng, context):
+        one, two = copy.deepcopy(target), copy.deepcopy(target)
+        if self.how == "short":
+            context.train_many([one, two], context.train_data, [None])
+        else:
+            context.train_many([one, one], context.train_data, [None, None])
+        return self.plan(source, target, rng)
+
+
+@pytest.mark.parametrize(("how", "words"), [("short", "2 model(s) but 1 plan(s)"), ("twice", "the same model object appears twice")])
+def test_train_many_misused_by_a_plugin_fails_its_run_with_a_line_that_says_how(make_task, how, words):
+    from ptbench.api import RunSpec
+    from ptbench.run.group import group_specs
+    from ptbench.run.options import RunOptions
+    from ptbench.sweep.execute import LocalExecutor
+
+    task = make_task(steps=20)
+    specs = [RunSpec(task, MisusesTrainMany(how=how), 0), RunSpec(task, Scratch(), 0)]
+    results = {r.strategy: r for r in LocalExecutor().run(group_specs(specs), RunOptions())}
+    bad = results[MisusesTrainMany(how=how).instance_name]
+    assert bad.status == "failed" and words in bad.error, bad.error
+    assert results["scratch"].status == "ok"
