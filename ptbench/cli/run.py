@@ -140,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
     where = outputs_for(suite.name, suite.name in builtin_suites(), adhoc, seeds_overridden(args.seeds, suite),
                         args.store, args.leaderboard)
     if args.dry_run:
-        print(dry_run(specs, where, suite, labels, adhoc, args.force, args.retry_failed), end="")
+        print(dry_run(specs, where, suite, labels, adhoc, args.force, args.retry_failed, options), end="")
         return 0
     handlers = _logging(args)
     try:
@@ -298,7 +298,7 @@ class _NoStore:
 
 
 def dry_run(specs: list, where, suite, labels: dict[str, str], adhoc: bool = False, force: bool = False,
-            retry_failed: bool = False) -> str:
+            retry_failed: bool = False, options=None) -> str:
     """What `run` would do, from the plan and the store alone: runs per task and per strategy,
     how many are stored (and current), how many would run, and a time estimate."""
     from tabulate import tabulate
@@ -347,24 +347,25 @@ def dry_run(specs: list, where, suite, labels: dict[str, str], adhoc: bool = Fal
         "",
         table(lambda spec: _name(spec.strategy), "strategy"),
         "",
-        "estimated time: " + estimate(plan.todo, frame, _name),
+        "estimated time: " + estimate(plan.todo, frame, _name, options),
         "nothing was run or stored (--dry-run).",
     ]
     log.debug("dry run planned in %.2f s", time.perf_counter() - started)
     return "\n".join(lines) + "\n"
 
 
-def estimate(todo: list, frame, _name=lambda plugin: plugin.instance_name) -> str:
+def estimate(todo: list, frame, _name=lambda plugin: plugin.instance_name, options=None) -> str:
     """Seconds the runs to do should take on this machine, from the stored timings of the
     same task and strategy (else the same strategy, else any run), plus one source model per
-    (task, seed) group; 'unknown' when the store holds no timed run."""
+    (task, seed) group; where the store holds no timed run, the sweep's cost model's
+    (`_modelled`)."""
     if not todo:
         return "none: nothing to run"
     if frame is None or frame.empty:
-        return "unknown: no stored run to time from yet (the estimate uses the store's timings)"
+        return _modelled(todo, "no stored run to time from yet", options)
     ok = frame[(frame["status"] == "ok") & frame["target_seconds"].notna()]
     if ok.empty:
-        return "unknown: no stored run ended ok to time from"
+        return _modelled(todo, "no stored run ended ok to time from", options)
     by_pair = ok.groupby(["task", "strategy"])["target_seconds"].median().to_dict()
     by_plugin = ok.assign(plugin=ok["strategy"].str.split("[", n=1).str[0]).groupby("plugin")["target_seconds"].median().to_dict()
     overall = float(ok["target_seconds"].median())
@@ -382,6 +383,24 @@ def estimate(todo: list, frame, _name=lambda plugin: plugin.instance_name) -> st
     seconds += sum(sources.get(task, overall_source) or 0.0 for task, _ in groups)
     return (f"about {_duration(seconds)} on one worker ({timed} of {len(todo)} runs timed by stored runs of the same "
             "task and strategy, the others by similar runs; cached source models cost less)")
+
+
+def _modelled(todo: list, why: str, options=None) -> str:
+    """The estimate without stored timings: the sweep's own cost model (`ptbench.sweep.cost`:
+    steps, model sizes and each run's path, what the progress bar starts from), which builds
+    one model and draws one seed's target data per task variant, and spread over this
+    machine's cores as `--jobs auto` would."""
+    from ptbench.run.group import group_specs
+    from ptbench.run.options import RunOptions
+    from ptbench.sweep.execute import AUTO_MIN_SECONDS, usable_cores
+    from ptbench.sweep.units import cost_model
+
+    seconds = sum(cost_model(options or RunOptions()).groups(group_specs(todo)))
+    cores = usable_cores()
+    spread = f", about {_duration(seconds / cores)} on this machine's {cores} cores (--jobs auto)" if cores > 1 and seconds >= AUTO_MIN_SECONDS else ""
+    amount = "under 1 s" if seconds < 1 else f"about {_duration(seconds)}"
+    return (f"{amount} of work on one core{spread}, from the runs' steps and model sizes ({why}; a "
+            "busy machine takes longer, cached source models less)")
 
 
 def _duration(seconds: float) -> str:

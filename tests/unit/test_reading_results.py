@@ -215,7 +215,9 @@ def test_dry_run_counts_and_estimates_without_creating_the_store(cli, tmp_path):
     assert res.code == 0, res.err
     assert "dry run of the smoke suite: 10 runs, 0 already stored, 10 to run" in res.out
     assert "results/smoke.db (does not exist yet)" in res.out and "leaderboard: results/smoke" in res.out
-    assert "tiny signal-noise" in res.out and "estimated time: unknown" in res.out
+    assert "tiny signal-noise" in res.out
+    assert re.search(r"estimated time: (about \d+ s|under 1 s) of work on one core\b.*from the runs' steps and model sizes "
+                     r"\(no stored run to time from yet", res.out), res.out
     strategies = res.out.split("strategy", 1)[1]
     assert [line.split()[1:] for line in strategies.splitlines() if line.startswith(("scratch", "full"))] == [["5", "0", "5"]] * 2
     assert not (tmp_path / "results").exists() and not (tmp_path / "leaderboard").exists()
