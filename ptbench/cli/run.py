@@ -151,17 +151,31 @@ def main(args: argparse.Namespace) -> int:
             handler.close()
 
 
+def _outputs_libraries(html: bool) -> None:
+    """Import what the leaderboard (and the site) will need: pandas, the statistics, Jinja2."""
+    import ptbench.results.leaderboard  # noqa: F401
+    import ptbench.results.suite_report  # noqa: F401
+
+    if html:
+        import jinja2  # noqa: F401
+        import plotly  # noqa: F401
+
+        import ptbench.results.html.site  # noqa: F401
+
+
 def _run(args, suite, registry, specs, labels, where, options, executor, adhoc: bool, report: bool) -> int:
-    from ptbench.results.leaderboard import write as write_leaderboard, write_html
     from ptbench.results.store import Store
-    from ptbench.results.suite_report import suite_runs, write_report
+    from ptbench.sweep.execute import while_waiting
     from ptbench.sweep.sweep import SweepInterrupted, run_sweep
 
+    html = bool(args.html or (not args.no_html and not missing(HTML_LIBS[0])))
     store = Store(where.store)
     try:
         try:
-            done = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet,
-                             executor=_LoggingExecutor(executor), preflight=args.executor == "local")
+            prefetch = (lambda: None) if args.no_leaderboard else (lambda: _outputs_libraries(html))
+            with while_waiting(prefetch):
+                done = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet,
+                                 executor=_LoggingExecutor(executor), preflight=args.executor == "local")
         except SweepInterrupted as stop:  # every run that finished is already committed
             _say(
                 f"ptbench: interrupted; {stop.summary.ran} run(s) finished and stored "
@@ -170,6 +184,9 @@ def _run(args, suite, registry, specs, labels, where, options, executor, adhoc: 
             )
             return stop.exit_status  # signal handling: 130 after Ctrl-C (SIGINT), 143 after SIGTERM
         if not args.no_leaderboard:
+            from ptbench.results.leaderboard import write as write_leaderboard, write_html
+            from ptbench.results.suite_report import suite_runs, write_report
+
             runs = suite_runs(store.frame(), specs)
             title = "ptbench leaderboard: ad-hoc runs" if adhoc else f"ptbench leaderboard: the {suite.name} suite"
             path, written = write_leaderboard(runs, where.leaderboard, suite.baseline, registry, title, labels)
@@ -180,7 +197,7 @@ def _run(args, suite, registry, specs, labels, where, options, executor, adhoc: 
                 pages = write_report(suite.report, runs, specs, where.leaderboard, suite.baseline)
                 for page in pages:
                     _say(f"report: {page}")
-            if args.html or (not args.no_html and not missing(HTML_LIBS[0])):
+            if html:
                 plots = [Path(p) for p in pages if Path(p).suffix.lower() == ".png"]
                 index, written = write_html(runs, where.leaderboard, suite.baseline, registry, title, labels, plots)
                 _say(f"html: {index}: {'written' if written else 'unchanged, same results'}")

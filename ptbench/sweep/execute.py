@@ -97,6 +97,34 @@ def unit_starts(listener: Callable[[Unit], None]) -> Iterator[None]:
         _LISTENERS.remove(listener)
 
 
+_IDLE: list[Callable[[], None]] = []
+
+
+@contextmanager
+def while_waiting(task: Callable[[], None]) -> Iterator[None]:
+    """Run `task` once in this process, in the block, when a worker pool has every worker busy
+    and this process has nothing to do but wait for their messages: work the caller needs
+    afterwards, done while the workers compute rather than after them (the command line
+    imports the leaderboard's libraries, pandas and Jinja2, half a second). Never while a
+    unit runs in this process, so it cannot meet a unit's own imports. A task that fails is
+    dropped: whoever needs its result does the work again and sees the failure."""
+    _IDLE.append(task)
+    try:
+        yield
+    finally:
+        if task in _IDLE:
+            _IDLE.remove(task)
+
+
+def _idle() -> None:
+    while _IDLE:
+        task = _IDLE.pop(0)
+        try:
+            task()
+        except Exception:  # noqa: BLE001 - see while_waiting
+            pass
+
+
 def _started(unit: Unit) -> None:
     for listener in list(_LISTENERS):
         listener(unit)
@@ -284,6 +312,8 @@ class _Pool:
         busy = [w for w in self.workers if w.job is not None]
         if not busy:
             return out, bool(self.queue)
+        if len(busy) == self.size or not self.queue:
+            _idle()
         from multiprocessing.connection import wait
 
         ready = wait([w.conn for w in busy if not w.closed] + [w.proc.sentinel for w in busy], timeout=self._wait())

@@ -53,3 +53,29 @@ def test_jobs_1_2_and_auto_store_the_same_numbers(cli, task_spec, tmp_path, monk
     assert len(here) == 12 and (here["status"] == "ok").all() and here["donor_digest"].notna().all()
     for other in ("two.db", "auto.db"):
         pytest.importorskip("pandas").testing.assert_frame_equal(stored(tmp_path / other), here)
+
+
+def test_a_pool_runs_the_while_waiting_task_once_in_this_process_and_in_process_units_never():
+    """`execute.while_waiting`: the command line imports the leaderboard's libraries while a
+    pool's workers compute. The task runs once, in this process, only with workers busy; a
+    sweep in this process (where a unit may be importing) never runs it."""
+    import os
+
+    from conftest import small_task
+
+    from ptbench.api import RunSpec
+    from ptbench.run.group import group_specs
+    from ptbench.run.options import RunOptions
+    from ptbench.strategies.full import Full
+    from ptbench.strategies.scratch import Scratch
+
+    task = small_task()
+    specs = [RunSpec(task, strategy, seed) for seed in range(4) for strategy in (Scratch(), Full())]
+    calls: list[int] = []
+    with execute.while_waiting(lambda: calls.append(os.getpid())):
+        results = list(execute.ProcessExecutor(2).run(group_specs(specs), RunOptions(batched=False)))
+    assert len(results) == 8 and all(r.status == "ok" for r in results)
+    assert calls == [os.getpid()]
+    with execute.while_waiting(lambda: calls.append(-1)):
+        list(execute.LocalExecutor().run(group_specs(specs[:2]), RunOptions(batched=False)))
+    assert calls == [os.getpid()]
