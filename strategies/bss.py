@@ -18,9 +18,12 @@ the image CNNs), flattened per example. `eta=0` is `full`, run for run (no penal
 added). A `batch_regularizer` without the donor's features, costing one singular-value
 decomposition of a b x d matrix per step. It reads only the batch's tensors and the model's
 `feature_layers()`, with operations vmap batches (`torch.linalg.svdvals`), so it declares
-`batchable_regularizer = True` and trains on the vmapped engine (`ptbench/run/vmapped.py`:
-the image CNNs, all runs of a task variant as one program) with the same weights as on the
-per-run path; where a task's engine does not take it, it trains per run.
+`batchable_regularizer = True` and trains on the task's batched engine with the same
+weights as on the per-run path: the signal-noise span engine (`tasks/signal_noise/engine.py`,
+the features rebuilt from its pre-activations) or the vmapped engine (`ptbench/run/vmapped.py`:
+the image CNNs, all runs of a task variant as one program); where a task's engine does not
+take it, it trains per run. The SVD itself, forward and backward, is the same work on every
+path.
 """
 
 import torch

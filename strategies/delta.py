@@ -24,9 +24,12 @@ This file is the example of `batch_regularizer` with `needs_donor_features`: the
 computes the donor's features for each batch (no gradient, the donor left as it was; one
 more forward pass per step, through the donor). It reads only the batch's tensors, with
 operations vmap batches, so it declares `batchable_regularizer = True` and trains on the
-vmapped engine (`ptbench/run/vmapped.py`: the image CNNs, all runs of a task variant as one
-program, the donors' features as one vmapped forward) with the same weights as on the
-per-run path; where a task's engine does not take it, it trains per run.
+task's batched engine with the same weights as on the per-run path: the signal-noise span
+engine (`tasks/signal_noise/engine.py`: features rebuilt from its pre-activations, the
+donor's once per run, since every step sees the whole split) or the vmapped engine
+(`ptbench/run/vmapped.py`: the image CNNs, all runs of a task variant as one program, the
+donors' features as one vmapped forward); where a task's engine does not take it, it trains
+per run.
 """
 
 from ptbench.api import Strategy, TransferPlan

@@ -32,7 +32,8 @@ Multipliers:
 - A strategy that overrides `plan_with_data` trains models while planning (auto-fraction:
   its candidates, then its run): PLANS_WITH_DATA runs, its candidates at the square root of
   the engine's speedup.
-- A `batch_regularizer` adds REGULARIZER_STEP_SECONDS per step on any path.
+- A `batch_regularizer` adds REGULARIZER_STEP_SECONDS per step on the per-run loop,
+  ENGINE_REGULARIZER_STEP_SECONDS on an engine.
 
 Measuring a variant (once per task key, cached in this module) builds one fresh model
 (`task.model("target", torch.Generator().manual_seed(0))`) and draws the target data of seed
@@ -85,11 +86,14 @@ VMAP_SPEEDUP = (2.4, 1.0)
 #: this formula 0.76) and 1.2 s (digits, 0.98).
 PLANS_WITH_DATA = 6.0
 #: Seconds per step that a `batch_regularizer` adds (DELTA: a forward pass through the donor
-#: and a feature distance; BSS: an SVD of the batch features), on any path: it is per run, so
-#: no engine shares it. Measured per step: 0.6-1.3 ms on the per-run loop for signal-noise,
-#: 5 ms for digits; 3 ms (DELTA) and 7 ms (BSS) on the signal-noise engine, ~0 on the digits
-#: engine.
+#: and a feature distance; BSS: an SVD of the batch features), per run: no engine shares the
+#: SVD. Measured per step on the per-run loop: 0.6-1.3 ms for signal-noise, 5 ms for digits.
 REGULARIZER_STEP_SECONDS = 3e-3
+#: The same on a batched engine: 0.15-0.8 ms CPU per run on the signal-noise span engine (the
+#: features rebuilt from its pre-activations, the donor's once per run; 0.8 ms is BSS's SVD
+#: of a 100 x 80 matrix), about nothing beyond the program's own step on the vmapped digits
+#: engine.
+ENGINE_REGULARIZER_STEP_SECONDS = 8e-4
 #: A run (or a donor) of a task that could not be measured.
 UNKNOWN_RUN_SECONDS = 1.0
 #: Seconds per element of a drawn input tensor (a task's data, drawn once per group and role).
@@ -410,7 +414,7 @@ class CostModel:
         if plans_with_data(spec.strategy):
             seconds += (PLANS_WITH_DATA - 1) * alone / speedup**0.5
         if type(spec.strategy).batch_regularizer is not Strategy.batch_regularizer:
-            seconds += target.steps * REGULARIZER_STEP_SECONDS
+            seconds += target.steps * (ENGINE_REGULARIZER_STEP_SECONDS if speedup > 1.0 else REGULARIZER_STEP_SECONDS)
         return seconds
 
     def donor(self, task: Task, donor: str) -> float:

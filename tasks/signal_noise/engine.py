@@ -17,12 +17,13 @@ to a tight tolerance and accuracies to equality). Frozen filters are left out of
 per-step product altogether (their share of every output is computed once), so they stay
 bit-identical to their initial value, as on the per-run path; jobs that must end alike
 (same data, start, frozen filters, learning-rate scales, phases and penalty) are trained
-once. The engine trains exactly what `supports` accepts: TwoLayerReLUCNN itself, full-batch
-GD (no momentum, no weight decay) on the logistic loss, freeze masks that hold whole filters
-(a mask that freezes part of a filter would leave the span, so such a plan goes per-run),
-learning-rate scales per whole filter (a filter's GD step on its coefficients times its
-scale; scale 0 is frozen; scales that differ within a filter go per-run), and the two
-training hooks that stay in the span:
+once (a job with a batch regulariser never counts as another's twin). The engine trains
+exactly what `supports` accepts: TwoLayerReLUCNN itself, full-batch GD (no momentum, no
+weight decay) on the logistic loss, freeze masks that hold whole filters (a mask that
+freezes part of a filter would leave the span, so such a plan goes per-run), learning-rate
+scales per whole filter (a filter's GD step on its coefficients times its scale; scale 0 is
+frozen; scales that differ within a filter go per-run), and the three training hooks that
+stay in the span:
 
 * `Strategy.phases` (LP-FT): a run's phases become a per-filter rate that switches at the
   phase boundaries, each job at its own. The rows of the program are the filters free in
@@ -39,8 +40,31 @@ training hooks that stay in the span:
   toward_zero > 0 on a filter that trains (w0 is not in the span), a penalty mask that
   covers part of a filter, and a pulled training filter the plan does not copy plainly.
 
-`batch_regularizer` and `regularizer` hooks are not the engine's (those runs go per-run).
-Without phases or a penalty a program is the plain one, operation for operation.
+* `Strategy.batch_regularizer` (DELTA, BSS, a plugin's), when the strategy declares
+  `batchable_regularizer = True`: the promise that the term reads only the batch's tensors
+  (x, y, output, features, donor_features), the plan and `model.feature_layers()`, with
+  operations torch.func.vmap batches. The model's feature "conv", ReLU(<w_{j,r}, x_p>), is a
+  function of the pre-activations on the training basis, which the step has in Z already:
+  an own patch reads its column, the signal patch of example i is coef[i, p] times a shared
+  vector, so its pre-activation is coef[i, p] z_shared, and a frozen filter reads its start
+  (A0). So the engine builds every hooked job's features and output from Z (differentiably),
+  calls the strategy's own `batch_regularizer` on a `RegularizerBatch` like the per-run
+  loop's (one vmapped call for the jobs of one regulariser, or a plain call per job where
+  they are few, `vmap_jobs`; `model` a template, as on the vmapped engine; the donor's
+  features computed once per job with the donor's own forward, the batch being the whole
+  split under GD), and autograd gives d term / d Z. Since Z_{r,k} =
+  <w_r, b_k> and w_r = w0_r + sum_k C_{r,k} b_k, the term's gradient in weight space is
+  sum_k (d term / d Z_{r,k}) b_k: the GD step subtracts lr rate d term / d Z from C (a
+  shared column collects every patch that uses the vector, with its coefficient, through
+  the chain rule). The term is part of the loss history, so a run diverges where the
+  per-run loop's loss does. A term that raises fails its own group's jobs only ("failed",
+  as the per-run loop would fail them), and a job whose loss was not finite at an earlier
+  step (diverged: the per-run loop stopped there) reads zero features from then on, so
+  that its ever larger weights cannot fail the SVD of a whole vmapped batch.
+
+`regularizer` hooks (arbitrary code on the model) and batch regularisers without the
+promise are not the engine's: `supports` refuses them. Without phases, a penalty or a batch
+regulariser a program is the plain one, operation for operation.
 
 Where a filter starts is not the engine's business: it trains from each job's initial W,
 the plan already applied, so every value rule (a mix of donor and fresh filters, a donor
@@ -53,15 +77,19 @@ dense splits, which are factored trivially (every patch its own basis vector, no
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+from torch.func import vmap
 
-from ptbench.api import RunTimeout, Split, Strategy, TrainBudget, TransferModel, TransferPlan
+from ptbench.api import RegularizerBatch, RunTimeout, Split, Strategy, TrainBudget, TransferModel, TransferPlan
 from ptbench.run.engines import BatchedEngine, BatchJob, JobOutcome, torch_threads
+from ptbench.run.training import _scalar_term, donor_features
+from ptbench.run.vmapped import _plan_leaves, _plan_view
 
 from .data import PatchSplit
 from .model import TwoLayerReLUCNN
@@ -195,11 +223,200 @@ def _schedule(model: TwoLayerReLUCNN, budget: TrainBudget, plan: TransferPlan | 
     return schedule
 
 
+def _batch_hook(strategy: Strategy | None) -> bool:
+    return strategy is not None and type(strategy).batch_regularizer is not Strategy.batch_regularizer
+
+
+@dataclass
+class _TermGroup:
+    """The hooked jobs of one regulariser (strategy class and parameters, plan structure,
+    donor features' shapes): `span` of the program's hooked jobs, evaluated on their slices
+    of the features and output, with what the `RegularizerBatch` carries besides those,
+    stacked (x, y, donor features, plan tensors): by one vmapped call per step, or, for a
+    group of fewer than the engine's `vmap_jobs`, one plain call per job (`plans`: each
+    job's own plan)."""
+
+    members: list[int]  # the jobs' positions in the program
+    span: slice  # their entries along the hooked jobs' axis
+    call: Any  # (x, y, output, features, donor features, plan tensors) -> terms [Nj]
+    plans: list[TransferPlan]
+    x: torch.Tensor
+    y: torch.Tensor
+    donor: dict[str, torch.Tensor]
+    leaves: dict[str, torch.Tensor]
+    failed: tuple[int, str] | None = None  # (step, error) once its regulariser raised
+
+
+class _BatchTerms:
+    """The program's batch regularisers: each step, every hooked job's features and output
+    rebuilt from Z as the model's own forward computes them from W, its strategy's own
+    `batch_regularizer` on them (vmapped over the jobs of a group, as the vmapped engine
+    runs it), and d term / d Z by autograd: in weight space the term's gradient on w_r is
+    sum_k (d term / d Z_{r,k}) b_k, a step on the coefficients C.
+
+    All hooked jobs (Nh, group by group) share one construction of features per step: a
+    step's fixed cost (dispatch, autograd) is paid once, not once per group. `rows`: their
+    free filters' rows of Z.view(D R, K), the only rows the terms' gradient reaches, at
+    positions `free_at` of the Nh 2 m filters (None: all free, in order), the others'
+    starts in `starts` (frozen filters: their A0 rows); `columns` and `coefs` ([Nh, n P,
+    1]): every patch's basis column and coefficient."""
+
+    def __init__(self, m: int, K: int, dtype: torch.dtype, device: torch.device, vmap_jobs: int):
+        self.vmap_jobs = vmap_jobs
+        self.groups: list[_TermGroup] = []
+        self.m, self.K = m, K
+        self.step = 0
+        self.zero = torch.zeros((), device=device, dtype=dtype)
+        self.dead = False  # whether some hooked job has diverged (then `alive` masks it)
+
+    @classmethod
+    def of(cls, jobs: list[BatchJob], slot_of: list[tuple[int, int]], data: list[PatchSplit], rows: torch.Tensor, free: torch.Tensor,
+           A0: torch.Tensor, J: int, m: int, device: torch.device, dtype: torch.dtype, vmap_jobs: int) -> "_BatchTerms | None":
+        """None when no job has a batch regulariser. `rows` [D, R]: each row's filter (J M:
+        padding); `free` [D, J M + 1]: the filters that are rows; A0: every filter's start."""
+        hooked = [i for i, job in enumerate(jobs) if _batch_hook(job.strategy)]
+        if not hooked:
+            return None
+        D, R = rows.shape
+        K, M = A0.shape[-1], 2 * m
+        row_of = {(ds, f): ds * R + r for ds in range(D) for r, f in enumerate(rows[ds].tolist()) if f < J * M}
+        # every patch's column of the basis B (own vectors first, then shared ones) and its
+        # coefficient: patch p of example i is coef[i, p] B[column[i, p]]
+        columns, coefs = [], []
+        for split in data:
+            S, nQ = split.shared.shape[0], split.own.shape[0] * split.own.shape[1]
+            columns.append(torch.where(split.index >= S, split.index - S, nQ + split.index).reshape(1, -1, 1).to(device))
+            coefs.append(split.coef.reshape(1, -1, 1).to(device, dtype))
+        found: "OrderedDict[tuple, dict[str, Any]]" = OrderedDict()
+        for i in hooked:
+            job = jobs[i]
+            strategy = job.strategy
+            plan = job.plan or TransferPlan.nothing()
+            sig, leaves = _plan_leaves(plan)
+            wants = bool(type(strategy).needs_donor_features)
+            # full-batch GD: the batch is the whole split every step, so the donor's features
+            # (its own forward, no gradient, eval mode: the per-run loop's `donor_features`)
+            # are computed once
+            seen = {k: v.to(device, dtype) for k, v in donor_features(job.donor, job.data.x).items()} if wants else {}
+            key = (type(strategy).__module__, type(strategy).__qualname__, strategy.key, sig, wants, tuple((k, tuple(v.shape)) for k, v in seen.items()))
+            group = found.setdefault(key, {"plan": plan, "wants": wants, "members": [], "plans": [], "donor": [], "leaves": []})
+            group["members"].append(i)
+            group["plans"].append(plan)
+            group["donor"].append(seen)
+            group["leaves"].append({k: t.to(device) for k, t in leaves.items()})
+        terms = cls(m, K, dtype, device, vmap_jobs)
+        order = [i for group in found.values() for i in group["members"]]  # the hooked jobs' axis
+        free_at, free_rows, starts = [], [], []
+        for i in order:
+            ds, slot = slot_of[i]
+            for f in range(slot * M, (slot + 1) * M):  # a free filter reads its row of Z, a frozen one its start
+                if bool(free[ds, f]):
+                    free_at.append(len(starts))
+                    free_rows.append(row_of[(ds, f)])
+                starts.append(torch.zeros_like(A0[ds, f]) if bool(free[ds, f]) else A0[ds, f])
+        every = len(free_at) == len(starts)
+        terms.rows = torch.tensor(free_rows, dtype=torch.long, device=device)
+        terms.free_at = None if every else torch.tensor(free_at, dtype=torch.long, device=device)
+        terms.starts = None if every else torch.stack(starts)
+        terms.columns = torch.cat([columns[slot_of[i][0]] for i in order]).expand(-1, -1, M)
+        terms.coefs = torch.cat([coefs[slot_of[i][0]] for i in order])
+        terms.patches = data[0].index.shape[1]
+        terms.slots = torch.tensor([slot_of[i][0] * J + slot_of[i][1] for i in order], dtype=torch.long, device=device)
+        terms.alive = torch.ones(len(order), dtype=torch.bool, device=device)
+        start = 0
+        for group in found.values():
+            members = group["members"]
+            first = jobs[members[0]]
+            template = copy.deepcopy(first.model).train().requires_grad_(False)  # its structure only (the promise)
+            ys = [jobs[i].data.y.to(device) for i in members]
+            terms.groups.append(_TermGroup(
+                members=members,
+                span=slice(start, start + len(members)),
+                call=terms._terms(first.strategy, template, group["plan"], group["plans"], group["wants"]),
+                plans=group["plans"],
+                x=torch.stack([jobs[i].data.x.to(device, dtype) for i in members]),
+                y=torch.stack([y.to(ys[0].dtype) for y in ys]),
+                donor={k: torch.stack([d[k] for d in group["donor"]]) for k in group["donor"][0]},
+                leaves={k: torch.stack([lv[k] for lv in group["leaves"]]) for k in group["leaves"][0]},
+            ))
+            start += len(members)
+        return terms
+
+    def _terms(self, strategy: Strategy, template: TwoLayerReLUCNN, plan: TransferPlan, plans: list[TransferPlan], wants_donor: bool):
+        """The group's terms [Nj] from its stacked slices: each job's from the per-run loop's
+        `RegularizerBatch` (the template model; None, no term, is 0). A group of at least
+        `vmap_jobs` jobs is one vmapped call (each job's plan rebuilt from its tensors, as on
+        the vmapped engine); a smaller one calls the regulariser once per job, on its own
+        plan: vmap's fixed cost per call (flattening and wrapping its inputs, about 0.3 ms on
+        the 2-core machine) is more than a few plain calls cost."""
+
+        def one(x, y, output, features, donor, plan_of):
+            batch = RegularizerBatch(x, y, self.step, template, output, {"conv": features}, donor if wants_donor else None, plan_of)
+            value = _scalar_term(strategy.batch_regularizer(batch), strategy, "batch_regularizer")
+            return self.zero if value is None else value
+
+        if len(plans) >= self.vmap_jobs:
+            return vmap(lambda x, y, output, features, donor, leaves: one(x, y, output, features, donor, _plan_view(plan, leaves)))
+
+        def each(x, y, output, features, donor, leaves):
+            values = [one(x[j], y[j], output[j], features[j], {k: v[j] for k, v in donor.items()}, plans[j]) for j in range(len(plans))]
+            return torch.stack(values) if len(values) > 1 else values[0].reshape(1)
+
+        return each
+
+    def evaluate(self, Z: torch.Tensor, step: int, out: torch.Tensor, previous: torch.Tensor | None, previous_terms: torch.Tensor | None) -> torch.Tensor | None:
+        """Every hooked job's term at this step into `out` ([Nh]), and d (sum of terms) / d Z
+        on `rows` ([len(rows), K]; None when no term depends on Z). `previous`: the last
+        step's loss without the terms, [D J], and `previous_terms` its terms (None at step 0)."""
+        self.step = step
+        m, K = self.m, self.K
+        if previous is not None:  # a run whose loss was not finite has ended (diverged) there
+            finite = torch.isfinite(previous.index_select(0, self.slots) + previous_terms)
+            if self.dead or not bool(finite.all()):
+                self.alive.logical_and_(finite)
+                self.dead = True
+        with torch.enable_grad():
+            leaf = Z.view(-1, K).index_select(0, self.rows).requires_grad_()
+            start = leaf if self.free_at is None else self.starts.index_copy(0, self.free_at, leaf)
+            start = start.view(len(self.slots), 2 * m, K)
+            if self.dead:
+                # a run that diverged at an earlier step (the per-run loop stopped there; its
+                # result is not kept) reads 0: its weights, huge or NaN by now, would make an
+                # SVD fail for the whole vmapped batch (LAPACK: non-finite or ill-conditioned)
+                start = torch.where(self.alive[:, None, None], start, 0.0)
+            # the model's forward_features, from pre-activations: ReLU(<w_{j,r}, x_p>) as
+            # [N, 2, m, patches] (the same view of an [N patches, 2 m] product), and f = (1/m)
+            # sum over class +1's filters minus class -1's
+            pre = torch.gather(start.transpose(1, 2), 1, self.columns) * self.coefs  # [Nh, n P, 2 m]
+            features = torch.relu(pre).view(len(self.slots), -1, self.patches, 2, m).permute(0, 1, 3, 4, 2)
+            F = features.sum(dim=(3, 4)) / m
+            output = F[..., 0] - F[..., 1]
+            values = []
+            for group in self.groups:
+                value = None
+                if group.failed is None:
+                    try:
+                        value = group.call(group.x, group.y, output[group.span], features[group.span], group.donor, group.leaves)
+                    except Exception as err:  # noqa: BLE001 - the per-run loop would fail these runs too
+                        group.failed = (step, f"batch_regularizer raised at step {step}: {type(err).__name__}: {err}".replace("\n", " "))
+                values.append(self.zero.expand(len(group.members)) if value is None else value)
+            total = torch.cat(values) if len(values) > 1 else values[0]
+            out.copy_(total.detach())
+            if not total.requires_grad:
+                return None
+            return torch.autograd.grad(total.sum(), leaf, allow_unused=True)[0]
+
+    def failures(self) -> dict[int, tuple[int, str]]:
+        """Job position -> (step, error), for the groups whose regulariser raised."""
+        return {i: group.failed for group in self.groups if group.failed is not None for i in group.members}
+
+
 class TwoLayerCNNEngine(BatchedEngine):
     """Full-batch GD on the logistic loss for TwoLayerReLUCNN models, all jobs at once,
-    phases (LP-FT) and weight penalties toward the donor (L2-SP) included."""
+    phases (LP-FT), weight penalties toward the donor (L2-SP) and batchable batch
+    regularisers (DELTA, BSS) included."""
 
-    def __init__(self, dtype: torch.dtype | None = None, threads: int | None = 1):
+    def __init__(self, dtype: torch.dtype | None = None, threads: int | None = 1, vmap_jobs: int = 4):
         #: Arithmetic precision of the program (None: the data's, float32 for the built-in
         #: tasks).
         self.dtype = dtype
@@ -209,12 +426,20 @@ class TwoLayerCNNEngine(BatchedEngine):
         #: neighbour makes them cost twenty times more (measured: benchmarks/RESULTS.md).
         #: Use processes for parallelism instead (`--jobs`).
         self.threads = threads
+        #: A batch regulariser's group of at least this many jobs is evaluated by one vmapped
+        #: call per step, a smaller one by a plain call per job (measured on the quick suite's
+        #: variants, DELTA and BSS: a plain call is the cheaper below 3-4 jobs). Either way
+        #: the same terms, to rounding.
+        self.vmap_jobs = vmap_jobs
         self.flops = 0.0
 
     # -- what it can do ---------------------------------------------------------------------
     def supports(self, model: TransferModel, budget: TrainBudget, plan: TransferPlan | None, strategy: Strategy | None = None) -> str | None:
-        if strategy is not None and type(strategy).batch_regularizer is not Strategy.batch_regularizer:
-            return f"strategy {strategy.instance_name} has a batch regulariser"
+        if strategy is not None and strategy.has_weight_hook():
+            return f"strategy {strategy.instance_name} has a regularizer hook (arbitrary code on the model: per run only)"
+        if _batch_hook(strategy) and not type(strategy).batchable_regularizer:
+            return (f"strategy {strategy.instance_name}'s batch_regularizer does not declare batchable_regularizer = True "
+                    "(the engine runs it under torch.func.vmap, on features it builds from its pre-activations)")
         if type(model) is not TwoLayerReLUCNN:
             return f"the engine trains TwoLayerReLUCNN only, not {type(model).__name__}"
         if budget.optimizer != "gd" or budget.momentum or budget.weight_decay:
@@ -245,15 +470,20 @@ class TwoLayerCNNEngine(BatchedEngine):
                 raise ValueError(f"TwoLayerCNNEngine cannot train this job: {reason}")
             schedule = _schedule(job.model, budget, job.plan, job.strategy)
             self._check_donor(job, schedule)
+            if _batch_hook(job.strategy) and type(job.strategy).needs_donor_features and job.donor is None:
+                raise ValueError(f"TwoLayerCNNEngine cannot train this job: strategy {job.strategy.instance_name} needs the donor's features, and the job has no donor")
             schedules.append(schedule)
         outcomes = [JobOutcome() for _ in jobs]
         # Jobs with the same data, start and frozen filters end the same: train one of them
         # (on the two-layer CNN, partial-layers[layers=1] and reinit-head are `full`); phases
-        # and penalties are part of what must match (l2-sp starts where full does).
+        # and penalties are part of what must match (l2-sp starts where full does). A batch
+        # regulariser reads the plan, the donor and whatever else its strategy holds: such a
+        # job is nobody's twin (delta[alpha=0] trains like full, and is trained for itself).
         twins: dict[tuple, list[int]] = {}
         same_as: dict[int, int] = {}
         for i, job in enumerate(jobs):
-            key = (id(job.data), _freeze_rows(job.plan, job.model).numpy().tobytes(), _rate_rows(job.plan, job.model).numpy().tobytes(), *schedules[i].key())
+            key = (id(job.data), _freeze_rows(job.plan, job.model).numpy().tobytes(), _rate_rows(job.plan, job.model).numpy().tobytes(), *schedules[i].key(),
+                   i if _batch_hook(job.strategy) else None)
             twin = next((u for u in twins.get(key, []) if torch.equal(jobs[u].model.W, job.model.W)), None)
             if twin is None:
                 twins.setdefault(key, []).append(i)
@@ -357,6 +587,8 @@ class TwoLayerCNNEngine(BatchedEngine):
         # the penalty in the loss history: toward_donor/2 |C_r B|^2 = toward_donor/2 <C_r, (C G)_r>
         # per pulled training row, per job; and the frozen filters' constant share
         pull_half, slot_index, penalty_fixed = self._penalty_terms(jobs, schedules, slot_of, rows.cpu(), W0, D, J, M, device, dtype)
+        # the batch regularisers (None: no job has one, the program is the plain one)
+        terms = _BatchTerms.of(jobs, slot_of, data, rows.cpu(), free, A0, J, m, device, dtype, self.vmap_jobs)
 
         # the frozen filters' fixed share of F: the same formulas, once, on their A0 rows
         frozen = (~free).to(device)
@@ -375,6 +607,8 @@ class TwoLayerCNNEngine(BatchedEngine):
         hbuf = torch.zeros(D, groups, n + 2 * S, device=device, dtype=dtype)  # dummy group stays 0
         h_classes = hbuf[:, : 2 * J, :n].view(D, J, 2, n)
         history = torch.empty(steps, D, J, device=device, dtype=dtype)  # the loss, every step
+        if terms is not None:  # the hooked jobs' terms, every step (added to the history at the end)
+            term_history = torch.zeros(steps, len(terms.slots), device=device, dtype=dtype)
         if pull_half is not None:
             penalty_history = torch.zeros(steps, D * (J + 1), device=device, dtype=dtype)
             CG = torch.empty_like(C)
@@ -387,6 +621,12 @@ class TwoLayerCNNEngine(BatchedEngine):
             if switches and step in switches:  # a phase boundary: the rows' rates change
                 row_rate, keep = switches[step]
             torch.baddbmm(A0r, C, G, out=Z)  # every pre-activation <w, b_k> of the free filters
+            if terms is not None:  # the regularisers' values and d term / d Z, from this Z
+                previous = None
+                if step:  # the loss of the step before, as far as it is known here (the pull's share included)
+                    previous = history[step - 1] if pull_half is None else history[step - 1] + penalty_history[step - 1].view(D, J + 1)[:, :J]
+                    previous = previous.reshape(-1)
+                term_grad = terms.evaluate(Z, step, term_history[step], previous, term_history[step - 1] if step else None)
             if pull_half is not None:
                 torch.sub(Z, A0r, out=CG)
                 penalty_history[step].index_add_(0, slot_index, CG.mul_(C).sum(dim=-1).mul_(pull_half).view(-1))
@@ -417,6 +657,12 @@ class TwoLayerCNNEngine(BatchedEngine):
             if S:
                 gs = (Zs > 0).to(dtype) * h_rows[..., n : n + S] - (Zs < 0).to(dtype) * h_rows[..., n + S :]
                 C[..., nQ : nQ + S].sub_(gs, alpha=lr)
+            if terms is not None and term_grad is not None:  # w -= lr rate sum_k (d term / d Z_k) b_k, on the rows the terms reach
+                if row_rate is not None:
+                    term_grad = term_grad * row_rate.view(-1, 1).index_select(0, terms.rows)
+                C.view(-1, K).index_add_(0, terms.rows, term_grad, alpha=-lr)
+        if terms is not None:  # the loss the per-run loop sees includes the term
+            history.view(steps, D * J).index_add_(1, terms.slots, term_history)
         if pull_half is not None or penalty_fixed is not None:  # the loss the per-run loop sees
             if pull_half is not None:
                 history += penalty_history.view(steps, D, J + 1)[:, :, :J]
@@ -440,6 +686,12 @@ class TwoLayerCNNEngine(BatchedEngine):
                     outcome.status, outcome.error = "diverged", f"loss became {float(bad_loss[ds, slot])} at step {bad_step}"
                 elif not bool(torch.isfinite(job.model.W).all()):
                     outcome.status, outcome.error = "diverged", "parameter W is not finite after training"
+        if terms is not None:  # a regulariser that raised: its jobs failed there (unless they diverged before)
+            for i, (step, error) in terms.failures().items():
+                ds, slot = slot_of[i]
+                bad_step = int(first_bad[ds, slot])
+                if bad_step < 0 or bad_step >= step:
+                    outcomes[i].status, outcomes[i].error = "failed", error
 
     @staticmethod
     def _timeline(schedules: list[_Schedule], slot_of: list[tuple[int, int]], rows: torch.Tensor, D: int, J: int, M: int,

@@ -184,12 +184,13 @@ class SignalNoise(Task):
 
     def batched_engine(self) -> "EngineChain":
         """All runs of a variant (seeds x strategies) train as one tensor program: the span
-        engine (`engine.py`) takes every run it can express; the vmapped engine
-        (`ptbench.run.vmapped`) the batch regularisers (DELTA, BSS) and any other run the span
-        engine refuses, so they too run as one program per variant instead of one by one
-        (measured on the quick suite's two variants, side by side: 1.1-1.6x faster for BSS and
-        DELTA where the target has 20 examples, about even at 100, where the per-step work
-        is the same matrix products and SVDs on either path; equal accuracies)."""
+        engine (`engine.py`) takes every run it can express, batch regularisers that declare
+        `batchable_regularizer` included (DELTA, BSS: their features rebuilt from the
+        program's pre-activations; on the quick suite 2x less CPU than on the vmapped engine,
+        the rest being BSS's own SVDs, with the same accuracies); the vmapped engine
+        (`ptbench.run.vmapped`) any other run the span engine refuses (learning-rate scales
+        that differ within a filter, say), so it too runs as one program per variant instead
+        of one by one."""
         from ptbench.run.engines import EngineChain
         from ptbench.run.vmapped import VmapEngine
 
