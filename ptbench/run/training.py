@@ -16,6 +16,8 @@ exactly as the optimiser put them.
 
 from __future__ import annotations
 
+import copy
+
 import math
 import time
 from dataclasses import dataclass
@@ -85,13 +87,30 @@ def _optimizer(budget: TrainBudget, params: list[nn.Parameter]) -> torch.optim.O
 
 
 def _scalar_term(value: object, strategy: Strategy, hook: str) -> torch.Tensor | None:
-    """A regulariser's return value, checked: None or a scalar tensor."""
+    """A regulariser's return value, checked: None or a scalar tensor, computed from real
+    tensors (a term on the "meta" device came from the parameters of a `structure_only`
+    model: a batchable_regularizer that broke its promise)."""
     if value is None:
         return None
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ValueError(f"strategy {strategy.instance_name}: {hook} returned {shape}, not a scalar tensor; sum or average the penalty (or return None)")
+    if value.device.type == "meta":
+        raise ValueError(
+            f"strategy {strategy.instance_name}: {hook} computed its term from batch.model's parameters, which "
+            "batchable_regularizer = True promises it never reads (a batched engine hands it the model's structure "
+            "only); read batch.features and batch.output instead, or drop the declaration so it trains per run"
+        )
     return value.reshape(())
+
+
+def structure_only(model: nn.Module) -> nn.Module:
+    """A copy of `model` with its parameters and buffers on the "meta" device (no values): what
+    a batched engine hands a `batchable_regularizer` as `batch.model`, so that it can ask for
+    `feature_layers()` but cannot compute with any one run's weights, which under a batched
+    program would silently be the wrong run's. A term built from them comes back on "meta"
+    and `_scalar_term` says so; one that mixes them with the batch's tensors raises."""
+    return copy.deepcopy(model).to("meta").requires_grad_(False)
 
 
 @torch.no_grad()

@@ -77,7 +77,6 @@ dense splits, which are factored trivially (every patch its own basis vector, no
 
 from __future__ import annotations
 
-import copy
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -88,7 +87,7 @@ from torch.func import vmap
 
 from ptbench.api import RegularizerBatch, RunTimeout, Split, Strategy, TrainBudget, TransferModel, TransferPlan
 from ptbench.run.engines import BatchedEngine, BatchJob, JobOutcome, torch_threads
-from ptbench.run.training import _scalar_term, donor_features
+from ptbench.run.training import _scalar_term, donor_features, structure_only
 from ptbench.run.vmapped import _plan_leaves, _plan_view
 
 from .data import PatchSplit
@@ -327,7 +326,7 @@ class _BatchTerms:
         for group in found.values():
             members = group["members"]
             first = jobs[members[0]]
-            template = copy.deepcopy(first.model).train().requires_grad_(False)  # its structure only (the promise)
+            template = structure_only(first.model)  # its structure only (the promise), no run's weights
             ys = [jobs[i].data.y.to(device) for i in members]
             terms.groups.append(_TermGroup(
                 members=members,

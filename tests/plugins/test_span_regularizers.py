@@ -97,6 +97,17 @@ class OnePerExample(Promised):
         return F.softplus(batch.output)
 
 
+class ReadsWeights(Promised):
+    """Declares batchable_regularizer but reads batch.model's parameters: the promise broken.
+    Per run the model is the run's own, so the term is what its author meant; in a batched
+    program it would be some other run's weights, so the engine must not take it silently."""
+
+    name = "reads-weights"
+
+    def batch_regularizer(self, batch):
+        return 0.01 * batch.model.W.pow(2).sum()
+
+
 class SlowBSS(BSS):
     """BSS whose plan scales every filter's learning rate by `scale` (not a parameter: two
     instances with different scales share a key, so they are one group)."""
@@ -280,4 +291,19 @@ def test_a_diverged_run_does_not_take_down_its_group(make_task):
         (_, _, diverging, _, first), (_, job, reference, _, second) = results
         assert isinstance(diverging, Diverged) and first.status == "diverged", (way, diverging, first.error)
         assert second.status == "ok", (way, second.error)
+        torch.testing.assert_close(job.model.W.detach(), reference.W.detach(), rtol=1e-9, atol=1e-9)
+
+
+def test_a_regulariser_that_reads_the_models_weights_despite_its_promise_fails_saying_so(make_task):
+    """The engines hand a batchable regulariser a model of structure only (parameters on the
+    meta device): a term built from its weights is caught, its runs fail with a line that
+    says what the promise is, and the other runs of the program are unaffected."""
+    task = make_task(n_target=N_TARGET)
+    runs = outcomes(program(task, [ReadsWeights(), Delta()], seeds=(0,)))
+    for way in ENGINES:
+        job, reference, outcome = runs[way, "reads-weights"]
+        assert not isinstance(reference, Exception)  # per run it is a valid penalty
+        assert outcome.status == "failed" and "batch.model's parameters" in outcome.error and "batchable_regularizer" in outcome.error, (way, outcome.error)
+        job, reference, outcome = runs[way, "delta[alpha=0.1]"]
+        assert outcome.status == "ok", (way, outcome.error)
         torch.testing.assert_close(job.model.W.detach(), reference.W.detach(), rtol=1e-9, atol=1e-9)
