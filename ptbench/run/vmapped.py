@@ -29,8 +29,25 @@ Exactness. Every run follows `ptbench.run.training.train` step for step:
   not finite after training, with the per-run loop's messages; other runs are unaffected.
 
 In float64 the weights equal the per-run loop's to rounding (tests hold them within 1e-5,
-and accuracies equal); in float32 the vmapped convolutions sum in another order, so weights
-agree to float rounding, as on any batched engine.
+and accuracies equal; the digits CNN's differ by at most 2e-14); in float32 the vmapped
+convolutions sum in another order, so weights agree to float rounding, as on any batched
+engine.
+
+Fast paths (each the same arithmetic per run as the general program, up to float rounding
+where a kernel sums in another order):
+
+* a model with `stacked_forward_features(params, x)` (the image CNN's: J copies of its
+  `forward_features` as grouped convolutions, channels-last on a CPU) runs its own stacked
+  forward, outside vmap; vmap then takes only the per-run terms (loss, penalty, batch
+  regulariser), and the plain loss (no penalty, no regulariser) needs no vmap at all;
+* the trained parameters are views of one flat tensor, so a step's optimiser update, its
+  masks and restores are a dozen operations, not a dozen per parameter (elementwise: bit for
+  bit the per-parameter loop's result, tested), and a frozen entry is restored to its value
+  at the phase's start (kept once per phase, not cloned every step);
+* a parameter frozen at every step of a job (every phase, or learning-rate scale 0) is a
+  constant: jobs that hold the same parameters constant, at least `min_split` of them, form
+  a program of their own that computes no gradient for them, and none below the lowest layer
+  they train (`partial-layers[freeze=true]`: the frozen layers' backward is skipped).
 
 What it refuses (`supports`): models with buffers (BatchNorm: running statistics cannot
 update under vmap), modules that draw random numbers (dropout), parameters that do not
@@ -52,12 +69,15 @@ from processes (`--jobs`).
 Speed (the 2-core machine, load about 1, side by side with the code before this engine,
 whose image runs took the per-run loop, all on one thread): the quick suite's 125 digits
 target runs (width 8) 38 s -> 14 s (2.7x), the images suite's 305 target runs (width 16)
-249 s -> 136 s (1.8x), whole sweeps 81 s -> 53 s and 295 s -> 186 s. A step costs about
-what the per-run loop's convolutions cost for all its runs (vmap makes them grouped
-convolutions, no faster per run); what it saves is the per-run loop's per-step overhead
-(dispatch, autograd, the optimiser's loops), once per run, so the gain grows with the runs
-in a program and shrinks with the model's width. A program of one job gains nothing (1.1-
-1.25x slower): it trains on the per-run loop (`min_jobs`).
+249 s -> 136 s (1.8x), whole sweeps 81 s -> 53 s and 295 s -> 186 s. Under vmap a step cost
+about what the per-run loop's convolutions cost for all its runs (grouped NCHW convolutions,
+no faster per run, and NCHW max-pooling, slow on small maps); the saving was the per-run
+loop's per-step overhead, once per run. The fast paths above then cut the images suite's
+target programs by a third (121 s -> 82 s CPU, `--jobs 1`, load 0.7-1; the suite's training
+152 s -> 113 s, its per-run source models unchanged) and the quick suite's digits training
+by a quarter, with the stored accuracies unchanged or a few moved by one test image (float
+rounding). A program of one job is still about the per-run loop's cost (0.8-1x): it trains
+on the per-run loop (`min_jobs`).
 """
 
 from __future__ import annotations
@@ -70,6 +90,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -116,6 +137,35 @@ def _structure(model: nn.Module) -> tuple:
         }
         config.append((name, type(module).__qualname__, repr(sorted(plain.items()))))
     return (type(model).__module__, type(model).__qualname__, params, tuple(config))
+
+
+def _stacked(model: nn.Module) -> Any:
+    """The model's `stacked_forward_features(params, x)` (stacked parameters, x [J, N, ...]:
+    J copies of its `forward_features` at once, in a layout of its choosing), or None."""
+    method = getattr(model, "stacked_forward_features", None)
+    return method if callable(method) else None
+
+
+def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int, lr: float, wd: float) -> None:
+    """One torch.optim.AdamW step (single-tensor implementation), in place; `step` counts
+    this one."""
+    t = float(step)
+    bias1, bias2 = 1 - BETA1**t, 1 - BETA2**t
+    step_size = lr / bias1
+    bias2_sqrt = bias2**0.5
+    if wd != 0:
+        param.mul_(1 - lr * wd)
+    exp_avg.lerp_(grad, 1 - BETA1)
+    exp_avg_sq.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
+    denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(EPS)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _stacked_loss(kind: str, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`training.loss_fn` of each run: output [J, N, ...], y [J, N, ...] -> [J]."""
+    if kind == "cross_entropy":
+        return F.cross_entropy(output.flatten(0, 1), y.flatten(0, 1), reduction="none").view(output.shape[0], -1).mean(dim=1)
+    return vmap(lambda out, target: loss_fn(kind, out, target))(output, y)
 
 
 def _batch_hook(strategy: Strategy | None) -> bool:
@@ -184,6 +234,10 @@ class _Job:
     generator_state: torch.Tensor | None = None
     plan_sig: tuple = ()
     plan_leaves: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Parameters wholly frozen at every step (every phase, or a learning-rate scale of 0
+    #: throughout): they keep their start values, so a program of such jobs computes no
+    #: gradient for them (nor for what lies below them only they need); see _split_constants.
+    constant: frozenset = frozenset()
 
 
 def _minibatches(n: int, batch: int, steps: int, generator: torch.Generator | None) -> torch.Tensor | None:
@@ -227,9 +281,21 @@ def _prepare(index: int, job: BatchJob, budget: TrainBudget) -> _Job:
         what = "the donor's features" if wants_donor else "a weight penalty toward the donor"
         raise ValueError(f"job {index} needs {what}, and its BatchJob has no donor")
     prepared = _Job(index, job, plan, phases, steps, min(batch, n), order, held, scaled, penalty, hook, wants_donor, state)
+    prepared.constant = _constant(phases, held, params)
     if hook:
         prepared.plan_sig, prepared.plan_leaves = _plan_leaves(plan)
     return prepared
+
+
+def _constant(phases: list[tuple[int, dict[str, torch.Tensor]]], held: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> frozenset:
+    """The parameters every entry of which is frozen (or held) at every step of `phases`."""
+    out = set()
+    for name in params:
+        if name in held and bool(held[name].all()):
+            out.add(name)
+        elif any(steps > 0 for steps, _ in phases) and all(name in freeze and bool(freeze[name].all()) for steps, freeze in phases if steps > 0):
+            out.add(name)
+    return frozenset(out)
 
 
 def _program_key(p: _Job, budget: TrainBudget) -> tuple:
@@ -254,7 +320,7 @@ def _program_key(p: _Job, budget: TrainBudget) -> tuple:
 class VmapEngine(BatchedEngine):
     """Trains and evaluates many runs of any buffer-free `TransferModel` as vmapped programs."""
 
-    def __init__(self, threads: int | None = 1, max_elements: int = 1 << 26, max_jobs: int = 512, min_jobs: int = 2):
+    def __init__(self, threads: int | None = 1, max_elements: int = 1 << 26, max_jobs: int = 512, min_jobs: int = 2, min_split: int = 2):
         #: torch CPU threads while a program runs (None: torch's setting); see the module
         #: docstring for the measurement behind the default.
         self.threads = threads
@@ -263,8 +329,21 @@ class VmapEngine(BatchedEngine):
         self.max_elements = max_elements
         self.max_jobs = max_jobs
         #: Programs of fewer jobs train on the per-run loop instead (measured: one digits run
-        #: as a vmapped program of one took 1.1-1.25x the per-run loop's time; five, 0.55x).
+        #: as a vmapped program of one took 1.1-1.25x the per-run loop's time; five, 0.55x;
+        #: with the stacked forward and the flat update, 0.98x at width 16 and 0.8x at width
+        #: 8, best of 8: too little to give up the reference path for).
         self.min_jobs = min_jobs
+        #: Jobs that hold the same parameters constant (wholly frozen throughout) form a
+        #: program of their own, without those gradients, when there are at least this many
+        #: of them (and min_jobs: a lone job would go per run, 3-5x a job's share of a
+        #: program). Measured on the 2-core machine, best of 5-8: an images-suite program of
+        #: 46 jobs (2 seeds) as 30 + 4 x 4 took 0.84x the time of one program; 23 jobs (the
+        #: suite's units) as 15 + 4 x 2, 0.85-0.97x; the quick suite's 22 digits jobs as
+        #: 18 + 2 x 2, 0.92x.
+        self.min_split = min_split
+        #: Whether a program updates its trained parameters as one flat tensor (the same
+        #: arithmetic per entry as the per-parameter loop, in far fewer operations).
+        self.flat = True
         #: Not counted (vmapped products are not tallied): stays 0.
         self.flops = 0.0
         #: Why a program went to the per-run loop instead (vmap could not run its model).
@@ -327,12 +406,34 @@ class VmapEngine(BatchedEngine):
         programs: "OrderedDict[tuple, list[_Job]]" = OrderedDict()
         for p in prepared:
             programs.setdefault(_program_key(p, budget), []).append(p)
-        for members in programs.values():
+        for members in self._split_constants(programs):
             size = self._chunk_size(members[0], budget)
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
                 self._run_or_fall_back(chunk, [outcomes[p.index] for p in chunk], budget, deadline)
         return outcomes
+
+    def _split_constants(self, programs: "OrderedDict[tuple, list[_Job]]") -> list[list[_Job]]:
+        """Each program's jobs, as programs by the parameters they hold constant (`_Job.
+        constant`): a set of at least `min_split` jobs runs as a program of its own, without
+        those gradients; the others run with the largest set, holding constant only what all
+        of them do (a program's fixed per-step cost outweighs what a few jobs save)."""
+        out = []
+        for members in programs.values():
+            by_constant: "OrderedDict[frozenset, list[_Job]]" = OrderedDict()
+            for p in members:
+                by_constant.setdefault(p.constant, []).append(p)
+            sets = sorted(by_constant.values(), key=len, reverse=True)
+            least = max(self.min_split, self.min_jobs)
+            main, rest = sets[0], [m for m in sets[1:] if len(m) >= least]
+            pooled = [p for m in sets[1:] if len(m) < least for p in m]
+            if pooled:
+                main = sorted(main + pooled, key=lambda p: p.index)
+                common = frozenset.intersection(*(p.constant for p in main))
+                for p in main:
+                    p.constant = common
+            out += [main] + rest
+        return sorted(out, key=lambda m: m[0].index)
 
     def _chunk_size(self, p: _Job, budget: TrainBudget) -> int:
         """How many jobs like `p` one program holds under `max_elements`."""
@@ -440,11 +541,16 @@ class VmapEngine(BatchedEngine):
         if first.wants_donor:
             donor_template = copy.deepcopy(first.job.donor).eval()
             donor_names = [name for name, _ in donor_template.named_parameters()]
-            donor_P = {"model." + n: torch.stack([dict(p.job.donor.named_parameters())[n].detach() for p in chunk]) for n in donor_names}
-            donor_call = vmap(lambda dp, x: {k: v.detach() for k, v in functional_call(_Method(donor_template, "forward_features"), dp, (x,))[1].items()})
+            donor_stacked = _stacked(donor_template)
+            donor_P = {("" if donor_stacked else "model.") + n: torch.stack([dict(p.job.donor.named_parameters())[n].detach() for p in chunk]) for n in donor_names}
+            if donor_stacked is not None:
+                donor_call = lambda dp, x: {k: v.detach() for k, v in donor_stacked(dp, x)[1].items()}  # noqa: E731
+            else:
+                donor_call = vmap(lambda dp, x: {k: v.detach() for k, v in functional_call(_Method(donor_template, "forward_features"), dp, (x,))[1].items()})
 
         step_now = [0]
         kind = budget.loss
+        stacked = _stacked(template)
 
         def job_loss(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
             call_params = {prefix + k: v for k, v in params.items()}
@@ -452,6 +558,9 @@ class VmapEngine(BatchedEngine):
                 output, features = functional_call(caller, call_params, (xb,))
             else:
                 output = functional_call(caller, call_params, (xb,))
+            return job_terms(params, xb, yb, extra, output, features if first.hook else {})
+
+        def job_terms(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, extra: dict[str, Any], output: torch.Tensor, features: Any) -> torch.Tensor:
             loss = loss_fn(kind, output, yb)
             if penalty is not None:
                 batch_penalty = WeightPenalty(penalty.toward_donor, penalty.toward_zero, extra["masks"])
@@ -467,27 +576,71 @@ class VmapEngine(BatchedEngine):
         # gives every job's gradient (d sum / d loss_j = 1: exactly its own gradient, as
         # torch.func.grad would give it, bit for bit, without that transform's per-step
         # bookkeeping and its one-off import of torch._dynamo, 1.6 s per process).
-        losses_of = vmap(job_loss)
-        leaves = [P[name].requires_grad_() for name in names]
+        if stacked is not None:
+            # the model runs its J copies itself (`stacked_forward_features`: one forward for
+            # the stack, laid out for the device), and vmap takes the per-run terms from there
+            terms_of = vmap(job_terms)
+            plain = penalty is None and not first.hook
+
+            def losses_of(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+                output, features = stacked(params, xb)
+                if plain:  # the loss alone: no vmap needed (nor its per-call overhead, ~1 ms)
+                    return _stacked_loss(kind, output, yb)
+                # (the parameters only where the penalty reads them: each input costs vmap a wrap)
+                return terms_of(params if penalty is not None else {}, xb, yb, extra, output, features if first.hook else {})
+        else:
+            losses_of = vmap(job_loss)
+        # a parameter frozen throughout in every job is a constant of the program: no gradient
+        # (which spares its layer's weight gradient, and below the lowest trained layer every
+        # input gradient too); its value stays the start value, as the per-run loop restores it
+        constant = first.constant
+        trained = [name for name in names if name not in constant]
+        # The trained stacks as views of one flat tensor (when they share a dtype and device):
+        # then a step's optimiser update, masks and restores are a handful of operations on
+        # the flat tensor instead of as many per parameter (each is elementwise, so entry by
+        # entry the same arithmetic); a step where some parameter got no gradient takes the
+        # per-parameter loop, which the views serve as well.
+        flat = None
+        if self.flat and trained and len({(P[name].dtype, P[name].device) for name in trained}) == 1:
+            sizes = [P[name].numel() for name in trained]
+            flat = torch.cat([P[name].reshape(-1) for name in trained])
+            P.update({name: view.view(P[name].shape) for name, view in zip(trained, flat.split(sizes))})
+
+        def views(t: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {name: view.view(P[name].shape) for name, view in zip(trained, t.split(sizes))}
+
+        def flat_of(tensors: dict[str, torch.Tensor], fill: Any, dtype: torch.dtype) -> torch.Tensor:
+            return torch.cat([(tensors[name].expand(P[name].shape) if name in tensors else torch.full(P[name].shape, fill, dtype=dtype, device=device)).reshape(-1) for name in trained])
+
+        leaves = [P[name].requires_grad_() for name in trained]
 
         # optimiser state; a parameter without a gradient (not in the graph) is skipped, as
         # torch.optim skips it, with its own step count
         lr, wd, momentum = budget.lr, budget.weight_decay, budget.momentum
         adam = budget.optimizer == "adam"
         bufs: dict[str, torch.Tensor | None] = {name: None for name in names}
+        buf_flat: torch.Tensor | None = None
         adam_steps = {name: 0 for name in names}
+        flat_steps = flat is not None  # every step so far took the flat update
         if adam:
-            exp_avg = {name: torch.zeros_like(P[name]) for name in names}
-            exp_avg_sq = {name: torch.zeros_like(P[name]) for name in names}
+            if flat is not None:
+                exp_avg_flat, exp_avg_sq_flat = torch.zeros_like(flat), torch.zeros_like(flat)
+                exp_avg, exp_avg_sq = views(exp_avg_flat), views(exp_avg_sq_flat)
+            else:
+                exp_avg = {name: torch.zeros_like(P[name]) for name in names}
+                exp_avg_sq = {name: torch.zeros_like(P[name]) for name in names}
 
         # learning-rate scales (the same for every phase) and per-phase frozen masks
         scaled: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for name in names:
+        for name in trained:
             if any(name in p.scaled for p in chunk):
                 shape = P[name].shape[1:]
                 scale = torch.stack([p.scaled[name][0] if name in p.scaled else torch.ones(shape, device=device, dtype=P[name].dtype) for p in chunk])
                 where = torch.stack([p.scaled[name][1] if name in p.scaled else torch.zeros(shape, dtype=torch.bool, device=device) for p in chunk])
                 scaled[name] = (scale.to(P[name].dtype), where)
+        if scaled and flat is not None:
+            scale_flat = flat_of({name: pair[0] for name, pair in scaled.items()}, 1.0, flat.dtype)
+            where_flat = flat_of({name: pair[1] for name, pair in scaled.items()}, False, torch.bool)
         boundaries = sorted({0, steps} | {sum(s for s, _ in p.phases[: k + 1]) for p in chunk for k in range(len(p.phases))})
 
         def frozen_at(step: int) -> dict[str, torch.Tensor]:
@@ -504,7 +657,7 @@ class VmapEngine(BatchedEngine):
                     freeze[name] = mask | freeze[name].to(mask.device) if name in freeze else mask
                 masks_per_job.append({name: mask for name, mask in freeze.items() if bool(mask.any())})
             out = {}
-            for name in names:
+            for name in trained:
                 if any(name in m for m in masks_per_job):
                     shape = P[name].shape[1:]
                     out[name] = torch.stack([m[name].to(device) if name in m else torch.zeros(shape, dtype=torch.bool, device=device) for m in masks_per_job])
@@ -512,9 +665,19 @@ class VmapEngine(BatchedEngine):
 
         history = torch.empty(steps, J, dtype=P[names[0]].dtype, device=device)
         frozen: dict[str, torch.Tensor] = {}
+        held: dict[str, torch.Tensor] = {}
+        frozen_flat = held_flat = None
         for step in range(steps):
             if step in boundaries:
                 frozen = frozen_at(step)
+                # a frozen entry keeps its value at the phase's start (what restoring it after
+                # every step to its value before that step amounts to, bit for bit)
+                if flat is not None:
+                    frozen_flat = flat_of(frozen, False, torch.bool) if frozen else None
+                    held_flat = flat.detach().clone() if frozen else None
+                    held = views(held_flat) if frozen else {}
+                else:
+                    held = {name: P[name].detach().clone() for name in frozen}
             if deadline is not None and time.monotonic() > deadline:
                 raise RunTimeout(f"batched program exceeded its time limit at step {step} of {steps}")
             if minibatch:
@@ -529,7 +692,9 @@ class VmapEngine(BatchedEngine):
                     with torch.no_grad():
                         extra["donor_features"] = donor_call(donor_P, xb)
                 loss = losses_of(P, xb, yb, extra)
-                grads = dict(zip(names, torch.autograd.grad(loss.sum(), leaves, allow_unused=True)))
+                grads = dict.fromkeys(names)
+                if leaves:
+                    grads.update(zip(trained, torch.autograd.grad(loss.sum(), leaves, allow_unused=True)))
             except RunTimeout:
                 raise
             except Exception as err:
@@ -537,48 +702,63 @@ class VmapEngine(BatchedEngine):
                     raise _FirstStepError() from err
                 raise
             history[step] = loss.detach()
+            flat_steps = flat_steps and all(grads[name] is not None for name in trained)
             with torch.no_grad():
-                for name, mask in frozen.items():
-                    if grads[name] is not None:
-                        grads[name] = grads[name].masked_fill(mask, 0.0)
-                keep = set(frozen) | set(scaled)
-                before = {name: P[name].clone() for name in keep}
-                if adam:
-                    for name in names:
-                        param, grad = P[name], grads[name]
-                        if grad is None:
-                            continue
+                if flat_steps:
+                    grad = torch.cat([grads[name].reshape(-1) for name in trained])
+                    if frozen_flat is not None:
+                        grad.masked_fill_(frozen_flat, 0.0)
+                    before = flat.clone() if scaled else None
+                    for name in trained:
                         adam_steps[name] += 1
-                        t = float(adam_steps[name])
-                        bias1, bias2 = 1 - BETA1**t, 1 - BETA2**t
-                        step_size = lr / bias1
-                        bias2_sqrt = bias2**0.5
-                        if wd != 0:
-                            param.mul_(1 - lr * wd)
-                        exp_avg[name].lerp_(grad, 1 - BETA1)
-                        exp_avg_sq[name].mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
-                        denom = (exp_avg_sq[name].sqrt() / bias2_sqrt).add_(EPS)
-                        param.addcdiv_(exp_avg[name], denom, value=-step_size)
-                else:
-                    for name in names:
-                        param, grad = P[name], grads[name]
-                        if grad is None:
-                            continue
-                        if wd != 0:
-                            grad = grad.add(param, alpha=wd)
+                    if adam:
+                        _adam_update(flat, grad, exp_avg_flat, exp_avg_sq_flat, adam_steps[trained[0]], lr, wd)
+                    else:
                         if momentum != 0:
-                            buf = bufs[name]
-                            if buf is None:
-                                buf = bufs[name] = grad.detach().clone()
+                            if buf_flat is None:
+                                buf_flat = (grad.add(flat, alpha=wd) if wd != 0 else grad).clone()
+                                bufs.update(views(buf_flat))
+                                grad = buf_flat
                             else:
-                                buf.mul_(momentum).add_(grad, alpha=1)
-                            grad = buf
-                        param.add_(grad, alpha=-lr)
+                                grad = buf_flat.mul_(momentum).add_(grad.add(flat, alpha=wd) if wd != 0 else grad, alpha=1)
+                        elif wd != 0:
+                            grad = grad.add(flat, alpha=wd)
+                        flat.add_(grad, alpha=-lr)
+                    if before is not None:
+                        torch.where(where_flat, before + scale_flat * (flat - before), flat, out=flat)
+                    if frozen_flat is not None:
+                        torch.where(frozen_flat, held_flat, flat, out=flat)
+                    continue
+                for name, mask in frozen.items():
+                    grad = grads[name]
+                    if grad is not None:
+                        # autograd's fresh gradient is zeroed in place unless it may be a view
+                        # that overlaps itself (an expanded gradient)
+                        grads[name] = grad.masked_fill_(mask, 0.0) if grad.is_contiguous() else grad.masked_fill(mask, 0.0)
+                before = {name: P[name].clone() for name in scaled}
+                for name in names:
+                    param, grad = P[name], grads[name]
+                    if grad is None:
+                        continue
+                    adam_steps[name] += 1
+                    if adam:
+                        _adam_update(param, grad, exp_avg[name], exp_avg_sq[name], adam_steps[name], lr, wd)
+                        continue
+                    if wd != 0:
+                        grad = grad.add(param, alpha=wd)
+                    if momentum != 0:
+                        buf = bufs[name]
+                        if buf is None:
+                            buf = bufs[name] = grad.detach().clone()
+                        else:
+                            buf.mul_(momentum).add_(grad, alpha=1)
+                        grad = buf
+                    param.add_(grad, alpha=-lr)
                 for name, (scale, where) in scaled.items():
                     start = before[name]
                     P[name].copy_(torch.where(where, start + scale * (P[name] - start), P[name]))
                 for name, mask in frozen.items():
-                    P[name].copy_(torch.where(mask, before[name], P[name]))
+                    torch.where(mask, held[name], P[name], out=P[name])
 
         for leaf in leaves:
             leaf.requires_grad_(False)
@@ -622,7 +802,13 @@ class VmapEngine(BatchedEngine):
         template = copy.deepcopy(models[0]).eval()
         names = [name for name, _ in template.named_parameters()]
         P = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]) for name in names}
-        predict = vmap(lambda params, x: predictions(loss, functional_call(template, params, (x,))), in_dims=(0, None))
+        stacked = _stacked(template)
+        if stacked is not None:
+            J = len(models)
+            labels = vmap(lambda out: predictions(loss, out))
+            predict = lambda params, x: labels(stacked(params, x.expand(J, *x.shape))[0])  # noqa: E731
+        else:
+            predict = vmap(lambda params, x: predictions(loss, functional_call(template, params, (x,))), in_dims=(0, None))
         correct = torch.zeros(len(models), dtype=torch.long)
         for start in range(0, len(split), batch_size):
             x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]

@@ -5,7 +5,10 @@ per-run loop's weights (float64: within 1e-5; in fact to about 1e-14) and its ac
 diverging run fails alone with the per-run loop's message; what vmap cannot run is refused
 (BatchNorm buffers, batch regularisers without the batchable promise) or, found only on a
 program's first step, trained per run; and through the runner the runs come out batched with
-the accuracies of the per-run path."""
+the accuracies of the per-run path. The fast paths: the CNN's stacked forward equals its
+forward_features under vmap (float64, gradients too), its pooling before the ReLU is ReLU
+then pooling bit for bit (per-run weights unchanged), the flat optimiser update is the
+per-parameter one bit for bit, and jobs frozen throughout form programs of their own."""
 
 from __future__ import annotations
 
@@ -283,3 +286,123 @@ def test_through_the_runner_runs_are_batched_with_the_per_run_accuracies():
         mine = batched[key]
         assert (ref.path, mine.path) == ("per-run", "batched"), key
         assert (mine.status, mine.source_acc, mine.target_acc, mine.target_train_acc) == (ref.status, ref.source_acc, ref.target_acc, ref.target_train_acc), key
+
+
+# --------------------------------------------------------------------------- the fast paths
+
+
+def stacked_and_vmapped(model, J, x, seed=0):
+    """(stacked_forward_features, vmap of forward_features) of J perturbed copies of `model`
+    on x [J, N, ...], with the gradients of one random functional of each."""
+    from torch.func import functional_call, vmap
+
+    from ptbench.run.vmapped import _Method
+
+    g = torch.Generator().manual_seed(seed)
+    base = dict(model.named_parameters())
+    P = {name: (p.detach()[None] + 0.1 * torch.randn((J, *p.shape), generator=g, dtype=p.dtype)).requires_grad_() for name, p in base.items()}
+    caller = _Method(model, "forward_features")
+    results = []
+    for run in (lambda: model.stacked_forward_features(P, x), lambda: vmap(lambda p, xb: functional_call(caller, {"model." + k: v for k, v in p.items()}, (xb,)))(P, x)):
+        out, features = run()
+        weights = torch.Generator().manual_seed(seed + 1)
+        total = (out * torch.randn(out.shape, generator=weights, dtype=out.dtype)).sum()
+        total = total + sum((f * torch.randn(f.shape, generator=weights, dtype=f.dtype)).sum() for f in features.values())
+        grads = torch.autograd.grad(total, list(P.values()))
+        results.append((out.detach(), {k: v.detach() for k, v in features.items()}, grads))
+    return results
+
+
+@pytest.mark.parametrize("spec", ["digits-split[width=8]", "digits-split[width=4,depth=3]", "digits-split[width=3,depth=1]"])
+def test_stacked_forward_equals_vmapped_forward_features_float64(spec):
+    # the engine's fast path (SmallCNN.stacked_forward_features: grouped, channels-last) is
+    # the model's own forward_features under vmap: outputs, features and their gradients
+    model = task(spec).model("target", torch.Generator().manual_seed(0)).double()
+    x = torch.randn(3, 7, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (out, feats, grads), (ref_out, ref_feats, ref_grads) = stacked_and_vmapped(model, 3, x)
+    assert out.shape == ref_out.shape == (3, 7, 5) and feats.keys() == ref_feats.keys()
+    assert float((out - ref_out).abs().max()) < 1e-12
+    for name in feats:
+        assert feats[name].shape == ref_feats[name].shape and float((feats[name] - ref_feats[name]).abs().max()) < 1e-12, name
+    for mine, theirs in zip(grads, ref_grads):
+        assert float((mine - theirs).abs().max()) < 1e-10
+
+
+def test_pooling_before_the_relu_is_relu_then_pooling_bit_for_bit():
+    # SmallCNN pools before its ReLU (a quarter of the ReLU's work): with ties at positive
+    # values, at zero and below it, values and gradients equal ReLU-then-pool's exactly
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 6, 8, 8, generator=g)
+    x[:, :2, :4, :4] = 0.75  # positive ties
+    x[:, 2:4, 2:6, 2:6] = 0.0  # ties at zero
+    x[:, 4:, :4, 4:] = -0.5  # ties below zero
+    weights = torch.randn(8, 6, 4, 4, generator=g)
+    outs, grads = [], []
+    for order in ("relu-pool", "pool-relu"):
+        xr = x.clone().requires_grad_()
+        y = torch.nn.functional.max_pool2d(torch.relu(xr), 2) if order == "relu-pool" else torch.relu(torch.nn.functional.max_pool2d(xr, 2))
+        outs.append(y.detach())
+        grads.append(torch.autograd.grad((y * weights).sum(), xr)[0])
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+
+    # and a per-run training of the digits CNN gives the weights it gave with ReLU first
+    from ptbench.tasks.images.models import SmallCNN
+
+    def relu_first(self, x):
+        features = {}
+        for i, (conv, pool) in enumerate(zip(self.convs, self.pools)):
+            x = torch.relu(conv(x))
+            if pool:
+                x = torch.nn.functional.max_pool2d(x, 2)
+            features[f"conv{i + 1}"] = x
+        return self.head(x).flatten(1), features
+
+    the_task = task("digits-split[width=8,source_steps=30]")
+    data = the_task.data("source", RandomStreams(0)).train
+    trained = []
+    for forward in (SmallCNN.forward_features, relu_first):
+        model = the_task.model("source", torch.Generator().manual_seed(0))
+        model.forward_features = forward.__get__(model)
+        train(model, data, the_task.budget("source"), torch.Generator().manual_seed(1))
+        trained.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*trained))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_flat_update_is_the_per_parameter_update_bit_for_bit(optimizer):
+    # one flat tensor for every trained stack: the same arithmetic per entry, in float32
+    the_task = task("digits-split[width=8,source_steps=4,target_steps=12]")
+    budget = budgets(the_task.budget("target"))[optimizer]
+    specs = ["scratch", "partial-filters[fraction=0.5,freeze=True]", "discriminative-lr", "l2-sp[alpha=0.5,beta=0.1]", "lp-ft[fraction=0.5]"]
+    jobs, _, _ = planned_jobs(the_task, specs, (0,), budget, dtype=torch.float32)
+    weights = []
+    for flat in (True, False):
+        mine = copy.deepcopy(jobs)
+        engine = VmapEngine(min_jobs=1)
+        engine.flat = flat
+        assert all(o.status == "ok" for o in engine.train(mine, budget))
+        weights.append([p.detach().clone() for job in mine for p in job.model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_jobs_frozen_throughout_run_as_programs_without_those_gradients(monkeypatch):
+    # full[freeze=True] holds every conv constant (the head differs), partial-layers the first
+    # conv: two such jobs make a program that computes no gradient for those parameters; a
+    # lone one runs with the others, holding constant only what all of them do
+    the_task = task("digits-split[width=8,source_steps=4,target_steps=6]")
+    budget = the_task.budget("target")
+    specs = ["scratch", "full[freeze=True]", "partial-layers[layers=1,freeze=True]"]
+    jobs, refs, tests = planned_jobs(the_task, specs, (0, 1), budget)
+    jobs, refs, tests = jobs[:5], refs[:5], tests[:5]  # seed 1's partial-layers left out: a lone one
+    engine = VmapEngine()
+    programs = []
+    run = engine._program
+    monkeypatch.setattr(engine, "_program", lambda chunk, *a: (programs.append(([p.index for p in chunk], sorted(p.constant for p in chunk[:1])[0])), run(chunk, *a))[1])
+    outcomes = engine.train(jobs, budget)
+    convs = frozenset(name for name, _ in jobs[0].model.named_parameters() if name.startswith("convs."))
+    assert programs == [([0, 2, 3], frozenset()), ([1, 4], convs)]
+    assert all(o.status == "ok" for o in outcomes)
+    for job, (ref, _), test in zip(jobs, refs, tests):
+        for mine, theirs in zip(job.model.parameters(), ref.parameters()):
+            assert float((mine - theirs).detach().abs().max()) <= 1e-5
+        assert engine.accuracy([job.model], [test], budget.loss) == [accuracy(ref, test, budget.loss)]
