@@ -96,7 +96,7 @@ from torch.func import functional_call, vmap
 
 from ..api import RegularizerBatch, RunTimeout, Split, Strategy, TrainBudget, TransferModel, TransferPlan, ValueRule, WeightPenalty
 from .engines import BatchedEngine, BatchJob, JobOutcome, torch_threads
-from .training import Diverged, _scalar_term, loss_fn, predictions, train as train_per_run
+from .training import Diverged, _scalar_term, loss_fn, predictions, structure_only, train as train_per_run
 
 __all__ = ["VmapEngine"]
 
@@ -503,6 +503,9 @@ class VmapEngine(BatchedEngine):
         model0 = first.job.model
         names = [name for name, _ in model0.named_parameters()]
         template = copy.deepcopy(model0).train()
+        # what a batch regulariser sees as batch.model: the structure, no run's weights (the
+        # batchable_regularizer promise; `training.structure_only`)
+        structure = structure_only(model0) if first.hook else None
         caller = _Method(template, "forward_features") if first.hook else template
         prefix = "model." if first.hook else ""
         device = next(model0.parameters()).device
@@ -566,7 +569,7 @@ class VmapEngine(BatchedEngine):
                 batch_penalty = WeightPenalty(penalty.toward_donor, penalty.toward_zero, extra["masks"])
                 loss = loss + batch_penalty.value(((name, params[name]) for name in names), extra["reference"])
             if first.hook:
-                view = RegularizerBatch(xb, yb, step_now[0], template, output, features, extra.get("donor_features"), _plan_view(first.plan, extra["plan"]))
+                view = RegularizerBatch(xb, yb, step_now[0], structure, output, features, extra.get("donor_features"), _plan_view(first.plan, extra["plan"]))
                 term = _scalar_term(strategy.batch_regularizer(view), strategy, "batch_regularizer")
                 if term is not None:
                     loss = loss + term

@@ -406,3 +406,46 @@ def test_jobs_frozen_throughout_run_as_programs_without_those_gradients(monkeypa
         for mine, theirs in zip(job.model.parameters(), ref.parameters()):
             assert float((mine - theirs).detach().abs().max()) <= 1e-5
         assert engine.accuracy([job.model], [test], budget.loss) == [accuracy(ref, test, budget.loss)]
+
+
+def test_a_regulariser_that_reads_the_weights_despite_its_promise_trains_per_run_with_the_right_result():
+    """batchable_regularizer promises not to read batch.model's parameters; the engine hands
+    the regulariser a model of structure only (`training.structure_only`, parameters on the
+    meta device), so one that reads them anyway fails on the program's first step and its
+    jobs train on the per-run loop, where batch.model is each run's own: its own weights,
+    not the first job's (which the template's copy would have silently given)."""
+
+    class ReadsWeights(Strategy):
+        name = "test-reads-weights"
+        batchable_regularizer = True
+
+        def plan(self, source, target, rng):
+            from ptbench.api import TransferPlan
+
+            return TransferPlan.full(source, target)
+
+        def batch_regularizer(self, batch):
+            return 0.1 * sum(p.pow(2).sum() for p in batch.model.parameters())
+
+    the_task = task("digits-split[width=4,source_steps=5,target_steps=4]")
+    budget = the_task.budget("target")
+    jobs, refs, tests = planned_jobs(the_task, [], (0, 1), budget, dtype=torch.float32)
+    for seed in (0, 1):
+        streams = RandomStreams(seed)
+        donor = the_task.model("source", streams.torch("source-init"))
+        train_split = the_task.data("target", streams).train
+        model = the_task.model("target", streams.torch("target-init"))
+        plan = ReadsWeights().plan(donor, model, None)
+        plan.apply(donor, model)
+        ref = copy.deepcopy(model)
+        train(ref, train_split, budget, streams.torch("target-batches"), plan, ReadsWeights(), donor=donor)
+        refs.append(ref)
+        jobs.append(BatchJob(model, train_split, plan, batches=streams.torch("target-batches"), strategy=ReadsWeights(), donor=donor))
+    engine = VmapEngine()
+    assert engine.supports(jobs[0].model, budget, jobs[0].plan, jobs[0].strategy) is None  # the promise is taken at its word
+    outcomes = engine.train(jobs, budget)
+    assert [o.status for o in outcomes] == ["ok", "ok"] and len(engine.fallbacks) == 1
+    assert "batch.model's parameters" in engine.fallbacks[0], engine.fallbacks[0]
+    for job, ref in zip(jobs, refs):
+        for mine, theirs in zip(job.model.parameters(), ref.parameters()):
+            assert torch.equal(mine, theirs)
