@@ -179,6 +179,7 @@ def outcomes(programs):
     return {(way, name.split(" ", 2)[2]): (job, reference, outcome) for way, results in programs.items() for name, job, reference, _, outcome in results}
 
 
+@pytest.mark.slow  # float64 equality of several programs: ~1-2 s; the float32 runner test stays in the quick set
 def test_delta_and_bss_in_one_program_equal_the_per_run_loop(make_task):
     strategies = [Delta(), Delta(alpha=1.0), BSS(), BSS(k=2), BSS(eta=0.01), Full()]
     programs = program(make_task(n_target=N_TARGET), strategies, seeds=(0, 1, 2))
@@ -198,6 +199,7 @@ def test_other_patch_layouts_equal_the_per_run_loop(make_task, patches, dense):
     assert_equal_to_per_run(program(make_task(n_target=N_TARGET, patches=patches), [Delta(alpha=1.0), BSS(eta=0.01)], seeds=(0,), dense=dense))
 
 
+@pytest.mark.slow  # float64 equality of several programs: ~1-2 s; the float32 runner test stays in the quick set
 def test_a_plugins_batchable_regularizer_with_frozen_filters_phases_and_a_pull_equals_the_per_run_loop(make_task):
     strategies = [
         ShrinkFrozen(fraction=0.5, freeze=True),

@@ -37,6 +37,7 @@ def test_unknown_strategy_in_a_real_process(cli_subprocess, tmp_path):
     assert not (tmp_path / "s.db").exists()  # refused before anything was created
 
 
+@pytest.mark.slow  # two real processes that import torch: ~4 s
 def test_the_fast_exit_still_runs_atexit_handlers_flushes_output_and_lets_a_profiler_write(tmp_path):
     """`python -m ptbench` ends with os._exit after the atexit handlers (`cli.exit_now`): what
     it prints arrives whole, a handler a plugin registered still runs, and under cProfile
