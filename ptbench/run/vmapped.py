@@ -161,6 +161,22 @@ def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
+def _sgd_update(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor | None, lr: float, momentum: float, wd: float) -> torch.Tensor | None:
+    """One torch.optim.SGD step (no dampening, no Nesterov), in place: weight decay, then the
+    momentum buffer (made from the first step's gradient), then the step. Returns the buffer
+    (None without momentum). The flat and the per-parameter update both call this."""
+    if wd != 0:
+        grad = grad.add(param, alpha=wd)
+    if momentum != 0:
+        if buf is None:
+            buf = grad.detach().clone()
+        else:
+            buf.mul_(momentum).add_(grad, alpha=1)
+        grad = buf
+    param.add_(grad, alpha=-lr)
+    return buf
+
+
 def _stacked_loss(kind: str, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """`training.loss_fn` of each run: output [J, N, ...], y [J, N, ...] -> [J]."""
     if kind == "cross_entropy":
@@ -717,16 +733,10 @@ class VmapEngine(BatchedEngine):
                     if adam:
                         _adam_update(flat, grad, exp_avg_flat, exp_avg_sq_flat, adam_steps[trained[0]], lr, wd)
                     else:
-                        if momentum != 0:
-                            if buf_flat is None:
-                                buf_flat = (grad.add(flat, alpha=wd) if wd != 0 else grad).clone()
-                                bufs.update(views(buf_flat))
-                                grad = buf_flat
-                            else:
-                                grad = buf_flat.mul_(momentum).add_(grad.add(flat, alpha=wd) if wd != 0 else grad, alpha=1)
-                        elif wd != 0:
-                            grad = grad.add(flat, alpha=wd)
-                        flat.add_(grad, alpha=-lr)
+                        created = buf_flat is None
+                        buf_flat = _sgd_update(flat, grad, buf_flat, lr, momentum, wd)
+                        if created and buf_flat is not None:  # the per-parameter path reads the same buffer
+                            bufs.update(views(buf_flat))
                     if before is not None:
                         torch.where(where_flat, before + scale_flat * (flat - before), flat, out=flat)
                     if frozen_flat is not None:
@@ -746,17 +756,8 @@ class VmapEngine(BatchedEngine):
                     adam_steps[name] += 1
                     if adam:
                         _adam_update(param, grad, exp_avg[name], exp_avg_sq[name], adam_steps[name], lr, wd)
-                        continue
-                    if wd != 0:
-                        grad = grad.add(param, alpha=wd)
-                    if momentum != 0:
-                        buf = bufs[name]
-                        if buf is None:
-                            buf = bufs[name] = grad.detach().clone()
-                        else:
-                            buf.mul_(momentum).add_(grad, alpha=1)
-                        grad = buf
-                    param.add_(grad, alpha=-lr)
+                    else:
+                        bufs[name] = _sgd_update(param, grad, bufs[name], lr, momentum, wd)
                 for name, (scale, where) in scaled.items():
                     start = before[name]
                     P[name].copy_(torch.where(where, start + scale * (P[name] - start), P[name]))
