@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 # Only what sizing and checking a sweep needs is imported here; training, the store and the
@@ -172,8 +173,7 @@ def _run(args, suite, registry, specs, labels, where, options, executor, adhoc: 
     store = Store(where.store)
     try:
         try:
-            prefetch = (lambda: None) if args.no_leaderboard else (lambda: _outputs_libraries(html))
-            with while_waiting(prefetch):
+            with nullcontext() if args.no_leaderboard else while_waiting(lambda: _outputs_libraries(html)):
                 done = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet,
                                  executor=_LoggingExecutor(executor), preflight=args.executor == "local")
         except SweepInterrupted as stop:  # every run that finished is already committed

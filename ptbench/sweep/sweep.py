@@ -414,17 +414,16 @@ def check_data(specs: list[RunSpec], limit: float | None = None) -> None:
 
     for task in {id(spec.task): spec.task for spec in specs}.values():
         if callable(getattr(task, "check_data", None)):
-            raised: list[PtbenchError] = []
-
-            def ask(task=task) -> None:
+            def ask(task=task) -> PtbenchError | None:
                 try:
                     task.check_data()
-                except PtbenchError as err:
-                    raised.append(err)
+                except PtbenchError as err:  # the user's data is not there: say so, below
+                    return err
+                return None
 
-            guarded(ask, None, limit)
-            if raised:
-                raise raised[0]
+            missing = guarded(ask, None, limit)
+            if missing is not None:
+                raise missing
 
 
 def run_sweep(
