@@ -10,7 +10,8 @@ Units are sized by estimated cost (`ptbench.sweep.cost`: seconds on one core), n
 count: a run of the per-run loop can cost a hundred batched ones, and a digits run ten
 signal-noise ones. A task variant's packable groups are cut into units of about equal cost,
 none above UNIT_SECONDS where the groups allow and at least SPLIT_UNITS of them where each
-is still worth a unit, and the units come largest first, so that a
+is still worth a unit, but none of fewer than UNIT_MIN_GROUPS groups where the variant has
+them (a unit trains its groups' donors as one program), and the units come largest first, so that a
 pool that hands them out in order (longest processing time first) has its workers finish
 together rather than one finishing a big unit alone at the end. The cut does not depend on
 how many workers there are: a batched engine's floats depend on which runs share a program
@@ -61,6 +62,15 @@ UNIT_SECONDS = 10.0
 #: overhead. Fixed, like UNIT_SECONDS, so that the cut never follows the worker count.
 SPLIT_UNITS = 4
 SPLIT_MIN_SECONDS = 1.0
+#: ... but never into units of fewer groups (seeds) than this, where the variant has them:
+#: a unit of one group trains its donor alone, on the per-run loop (an engine program of one
+#: is no faster), and pays its program's per-step overhead alone. Measured on the images
+#: suite's digits variant (23 strategies, width 16, the 2-core machine, one thread, CPU time
+#: per seed): donors 2.8 s alone, 1.4 s two seeds to a unit, 1.1 s five; the target program
+#: 7.1-7.7 s either way. A worker's first per-run donor also builds the first torch
+#: optimizer of its process, which imports torch._dynamo (1.0-1.7 s). Only a memory bound
+#: (`max_batch_runs`) cuts finer.
+UNIT_MIN_GROUPS = 2
 
 
 @dataclass
@@ -105,13 +115,14 @@ def make_units(groups: Sequence[Group], options: RunOptions, costs: CostModel | 
 
 def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int) -> list[Unit]:
     """One variant's groups, in order, as k units of about equal cost: k is the fewest that
-    keeps each within `most` (and within `max_runs` runs), at least SPLIT_UNITS where each
-    would still cost SPLIT_MIN_SECONDS, and no more than the groups."""
+    keeps each within `most`, at least SPLIT_UNITS where each would still cost
+    SPLIT_MIN_SECONDS, and no more than leaves each UNIT_MIN_GROUPS groups; then at least
+    enough to keep each within `max_runs` runs, and no more than the groups."""
     total = sum(cost for _, cost in task_groups)
     runs = sum(len(group.specs) for group, _ in task_groups)
-    k = max(math.ceil(total / most - 1e-9) if most > 0 else 1, math.ceil(runs / max(max_runs, 1)),
-            min(SPLIT_UNITS, math.floor(total / SPLIT_MIN_SECONDS)), 1)
-    k = min(k, len(task_groups))
+    k = max(math.ceil(total / most - 1e-9) if most > 0 else 1, min(SPLIT_UNITS, math.floor(total / SPLIT_MIN_SECONDS)), 1)
+    k = min(k, max(len(task_groups) // UNIT_MIN_GROUPS, 1))
+    k = min(max(k, math.ceil(runs / max(max_runs, 1))), len(task_groups))
     target = total / k
     units: list[Unit] = []
     current: list[Group] = []

@@ -23,7 +23,7 @@ from ptbench.strategies.scratch import Scratch
 from ptbench.sweep import cost, sweep as sweep_module
 from ptbench.sweep.cost import PLANS_WITH_DATA, UNKNOWN_RUN_SECONDS, CostModel, engine_speedup, forward_flops
 from ptbench.sweep.execute import AUTO, AutoExecutor, DaskExecutor, LocalExecutor, ProcessExecutor, make_executor, parse_jobs
-from ptbench.sweep.units import SPLIT_MIN_SECONDS, SPLIT_UNITS, UNIT_SECONDS, make_units, run_unit
+from ptbench.sweep.units import SPLIT_MIN_SECONDS, SPLIT_UNITS, UNIT_MIN_GROUPS, UNIT_SECONDS, make_units, run_unit
 from ptbench.tasks.signal_noise import SignalNoise
 
 from conftest import small_task
@@ -153,20 +153,31 @@ def test_units_hold_one_variant_come_largest_first_and_cover_every_run_once():
 
 def test_a_variant_is_cut_into_units_of_about_equal_cost_within_the_cap_and_a_group_never():
     task, other = small_task(), small_task(shared=0.5)
-    groups = group_specs(specs_for(task, range(8)) + specs_for(other, range(2)))
-    costs = {(task.key, seed): 6.0 for seed in range(8)} | {(other.key, seed): 1.5 * UNIT_SECONDS for seed in range(2)}
+    groups = group_specs(specs_for(task, range(10)) + specs_for(other, range(3)))
+    costs = {(task.key, seed): 4.0 for seed in range(10)} | {(other.key, seed): 1.5 * UNIT_SECONDS for seed in range(3)}
     units = make_units(groups, RunOptions(), costs=Fixed(costs))
     mine = [unit for unit in units if unit.groups[0].task.key == task.key]
-    assert len(mine) == 5 and all(unit.cost <= UNIT_SECONDS + 2.0 for unit in mine)  # 48 s: 5 units, not 8 and not 4
-    assert sum(len(unit.groups) for unit in mine) == 8
-    assert [unit.cost for unit in units if unit.groups[0].task.key == other.key] == [1.5 * UNIT_SECONDS] * 2
+    assert len(mine) == 4 and all(unit.cost <= UNIT_SECONDS + 2.0 for unit in mine)  # 40 s: 4 units, not 10 and not 3
+    assert sum(len(unit.groups) for unit in mine) == 10
+    # groups dearer than the cap still share a unit (UNIT_MIN_GROUPS: 3 groups of one variant
+    # never make a unit of one group), and a group is never split
+    assert sorted(len(unit.groups) for unit in units if unit.groups[0].task.key == other.key) == [3]
 
 
-@pytest.mark.parametrize(("seeds", "each", "count"), [(64, 0.075, SPLIT_UNITS), (8, 0.3, 2), (8, 0.1, 1), (3, 2.0, 3)])
+def test_a_unit_holds_at_least_two_groups_where_the_variant_has_them():
+    """A unit of one group trains its donor alone on the per-run loop: units hold
+    UNIT_MIN_GROUPS groups even past the cap (8 groups of 6 s: 4 units of 12 s, not 5)."""
+    task = small_task()
+    groups = group_specs(specs_for(task, range(8)))
+    units = make_units(groups, RunOptions(), costs=Fixed({(task.key, s): 6.0 for s in range(8)}))
+    assert [len(unit.groups) for unit in units] == [UNIT_MIN_GROUPS] * 4 == [2] * 4
+
+
+@pytest.mark.parametrize(("seeds", "each", "count"), [(64, 0.075, SPLIT_UNITS), (8, 0.3, 2), (8, 0.1, 1), (4, 2.0, 2), (3, 2.0, 1)])
 def test_a_small_variant_is_still_cut_for_the_cores_and_never_below_a_second_a_unit(seeds, each, count):
     """A seed sweep of a few seconds is one variant: cut into SPLIT_UNITS units where each
     costs SPLIT_MIN_SECONDS (64 x 0.075 = 4.8 s: 4 units), fewer where it would not (2.4 s: 2;
-    0.8 s: 1), never more than its groups (3)."""
+    0.8 s: 1), never into units of one group (4 groups: 2 units; 3: 1)."""
     task = small_task()
     groups = group_specs(specs_for(task, range(seeds)))
     units = make_units(groups, RunOptions(), costs=Fixed({(task.key, s): each for s in range(seeds)}))
