@@ -360,6 +360,14 @@ class VmapEngine(BatchedEngine):
         #: Whether a program updates its trained parameters as one flat tensor (the same
         #: arithmetic per entry as the per-parameter loop, in far fewer operations).
         self.flat = True
+        #: Whether a program whose jobs all hold the first layers constant (a frozen AnB or
+        #: BnB prefix) computes those layers once, over each job's training split, instead of
+        #: at every step (models with `stacked_layers`, programs without hooks or penalties).
+        #: Bit for bit the same numbers (the kernels compute each example alone, whatever the
+        #: batch); measured on the images suite's digits, 2 seeds: the frozen programs of
+        #: k = 2, 3, 4 layers took 1.06, 0.81 and 0.44 s of which the constant layers' forward
+        #: was about a fifth, two fifths and all.
+        self.prefix_cache = True
         #: Not counted (vmapped products are not tallied): stays 0.
         self.flops = 0.0
         #: Why a program went to the per-run loop instead (vmap could not run its model).
@@ -450,6 +458,28 @@ class VmapEngine(BatchedEngine):
                     p.constant = common
             out += [main] + rest
         return sorted(out, key=lambda m: m[0].index)
+
+    def _constant_prefix(self, model: nn.Module, constant: frozenset) -> int:
+        """How many leading layers (`transfer_layers`, in forward order, the head excluded)
+        every parameter of which the program holds constant, where the model can run its
+        stack from there (`stacked_layers`; `stacked_forward_features(..., start=k)`)."""
+        if not self.prefix_cache or not constant or not callable(getattr(model, "stacked_layers", None)):
+            return 0
+        k = 0
+        for layer in model.transfer_layers():
+            if layer.head or not all(name in constant for name in layer.params):
+                break
+            k += 1
+        return k
+
+    def _prefix_features(self, model: nn.Module, P: dict[str, torch.Tensor], x: torch.Tensor, prefix: int, slice_size: int = 1024) -> torch.Tensor | None:
+        """`model.stacked_layers(P, x, prefix)` for each job's whole split x [J, n, ...], a
+        slice of examples at a time; None (compute them every step) past `max_elements`."""
+        with torch.no_grad():
+            first = model.stacked_layers(P, x[:, :1], prefix)
+            if x.shape[0] * x.shape[1] * first[0, 0].numel() > self.max_elements:
+                return None
+            return torch.cat([model.stacked_layers(P, x[:, a : a + slice_size], prefix) for a in range(0, x.shape[1], slice_size)], dim=1)
 
     def _chunk_size(self, p: _Job, budget: TrainBudget) -> int:
         """How many jobs like `p` one program holds under `max_elements`."""
@@ -570,6 +600,7 @@ class VmapEngine(BatchedEngine):
         step_now = [0]
         kind = budget.loss
         stacked = _stacked(template)
+        ahead_layers = self._constant_prefix(template, first.constant) if stacked is not None and penalty is None and not first.hook else 0
 
         def job_loss(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
             call_params = {prefix + k: v for k, v in params.items()}
@@ -602,7 +633,7 @@ class VmapEngine(BatchedEngine):
             plain = penalty is None and not first.hook
 
             def losses_of(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
-                output, features = stacked(params, xb)
+                output, features = stacked(params, xb, start=ahead_layers) if ahead_layers else stacked(params, xb)
                 if plain:  # the loss alone: no vmap needed (nor its per-call overhead, ~1 ms)
                     return _stacked_loss(kind, output, yb)
                 # (the parameters only where the penalty reads them: each input costs vmap a wrap)
@@ -632,6 +663,10 @@ class VmapEngine(BatchedEngine):
             return torch.cat([(tensors[name].expand(P[name].shape) if name in tensors else torch.full(P[name].shape, fill, dtype=dtype, device=device)).reshape(-1) for name in trained])
 
         leaves = [P[name].requires_grad_() for name in trained]
+        # the constant layers' output for every job's training examples, once (see prefix_cache)
+        ahead = self._prefix_features(template, P, X[ds], ahead_layers) if ahead_layers else None
+        ahead_layers = ahead_layers if ahead is not None else 0
+        jobs = torch.arange(J, device=X.device)[:, None]
 
         # optimiser state; a parameter without a gradient (not in the graph) is skipped, as
         # torch.optim skips it, with its own step count
@@ -701,9 +736,9 @@ class VmapEngine(BatchedEngine):
                 raise RunTimeout(f"batched program exceeded its time limit at step {step} of {steps}")
             if minibatch:
                 idx = order[:, step]
-                xb, yb = X[rows, idx], Y[rows, idx]
+                xb, yb = (X[rows, idx] if ahead is None else ahead[jobs, idx]), Y[rows, idx]
             else:
-                xb, yb = xs_full, ys_full
+                xb, yb = (xs_full if ahead is None else ahead), ys_full
             step_now[0] = step
             extra = dict(aux)
             try:

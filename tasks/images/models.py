@@ -132,12 +132,17 @@ class SmallCNN(TransferModel):
         return self.head(x).flatten(1), features
 
     def stacked_forward_features(
-        self, params: dict[str, torch.Tensor], x: torch.Tensor
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, start: int = 0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`forward_features` of J models at once, the vmapped engine's fast path
         (`ptbench.run.vmapped`): `params` maps each parameter name to the J models' values
         stacked along a leading dim, `x` is [J, N, C, H, W] (model j reads x[j]); returns the
         logits [J, N, classes] and each feature as [J, N, C, H, W] (a view).
+
+        With `start` = k > 0, `x` is instead what conv layer k outputs (`stacked_layers(params,
+        images, k)`, i.e. the feature "conv{k}"), and only the layers after it run (their
+        features alone are returned): the engine computes the layers that every job of a
+        program holds constant once, over the training set, instead of at every step.
 
         The J models run as grouped convolutions (group j: model j) on one [N, J*C, H, W]
         map, as vmap runs `forward_features` too, but on a CPU channels-last throughout: on
@@ -148,19 +153,39 @@ class SmallCNN(TransferModel):
         stay NCHW, as under vmap. Values are `forward_features`' up to float rounding (other
         kernels sum in another order; in float64 they agree to about 1e-15)."""
         J, N = x.shape[0], x.shape[1]
-        layout = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
-        h = x.transpose(0, 1).reshape(N, J * x.shape[2], *x.shape[3:]).contiguous(memory_format=layout)
+        h = self._stack(x)
         features = {}
-        for i, (conv, pool) in enumerate(zip(self.convs, self.pools)):
-            weight, bias = params[f"convs.{i}.weight"], params[f"convs.{i}.bias"]
-            h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), conv.stride, conv.padding, conv.dilation, J * conv.groups)
-            if pool:
-                h = F.max_pool2d(h, 2)
-            h = F.relu(h)
+        for i in range(start, len(self.convs)):
+            h = self._stacked_layer(params, i, h, J)
             features[f"conv{i + 1}"] = h.reshape(N, J, -1, *h.shape[2:]).transpose(0, 1)
         weight, bias = params["head.weight"], params["head.bias"]
         out = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), groups=J)
         return out.reshape(N, J, -1).transpose(0, 1), features
+
+    def stacked_layers(self, params: dict[str, torch.Tensor], x: torch.Tensor, stop: int) -> torch.Tensor:
+        """What conv layer `stop` (counted as `transfer_layers` counts, from 1) of the J models
+        outputs for images x [J, N, C, H, W]: the feature "conv{stop}" of
+        `stacked_forward_features(params, x)`, bit for bit (the kernels compute each example
+        alone, whatever N is), as [J, N, C, H, W], without running the layers after it."""
+        J, N = x.shape[0], x.shape[1]
+        h = self._stack(x)
+        for i in range(stop):
+            h = self._stacked_layer(params, i, h, J)
+        return h.reshape(N, J, -1, *h.shape[2:]).transpose(0, 1)
+
+    @staticmethod
+    def _stack(x: torch.Tensor) -> torch.Tensor:
+        """[J, N, C, H, W] as the one [N, J*C, H, W] map the grouped convolutions read."""
+        layout = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
+        return x.transpose(0, 1).reshape(x.shape[1], x.shape[0] * x.shape[2], *x.shape[3:]).contiguous(memory_format=layout)
+
+    def _stacked_layer(self, params: dict[str, torch.Tensor], i: int, h: torch.Tensor, J: int) -> torch.Tensor:
+        conv = self.convs[i]
+        weight, bias = params[f"convs.{i}.weight"], params[f"convs.{i}.bias"]
+        h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), conv.stride, conv.padding, conv.dilation, J * conv.groups)
+        if self.pools[i]:
+            h = F.max_pool2d(h, 2)
+        return F.relu(h)
 
     def transfer_layers(self) -> list[TransferLayer]:
         layers = []

@@ -103,8 +103,12 @@ def planned(task, strategy, source, dtype, streams):
 
 
 # float32: the two paths sum in different orders (about 5e-7 of the weight scale here); float64
-# shows they are the same gradient descent (about 1e-15)
-@pytest.mark.parametrize("dtype, tol, patches", [(torch.float32, 1e-4, 2), (torch.float64, 1e-12, 2), (torch.float64, 1e-12, 3)])
+# shows they are the same gradient descent (about 1e-15; with the slow tests, 0.7 s each)
+@pytest.mark.parametrize("dtype, tol, patches", [
+    (torch.float32, 1e-4, 2),
+    pytest.param(torch.float64, 1e-12, 2, marks=pytest.mark.slow),
+    pytest.param(torch.float64, 1e-12, 3, marks=pytest.mark.slow),
+])
 def test_phases_and_penalties_in_one_program_equal_the_per_run_loop(make_task, dtype, tol, patches):
     task = make_task(patches=patches)  # 2: one own patch per example; 3: two (the engine's Q > 1 branch)
     budget = task.budget("target")

@@ -124,6 +124,7 @@ def test_digits_every_plan_and_hook_equals_the_per_run_loop_float64(optimizer):
     assert_engine_equals_per_run(*planned_jobs(the_task, STRATEGIES, (0, 1), budget), budget)
 
 
+@pytest.mark.slow  # about 1.3 s; the digits equality above covers the engine in the fast set
 def test_cross_domain_other_cnn_equals_the_per_run_loop_float64():
     # another SmallCNN (width 4, depth 3: an unpooled last conv), a donor with another head
     # (3 texture classes against 10 digits), full-batch SGD with momentum (batch > split)
@@ -382,6 +383,28 @@ def test_the_flat_update_is_the_per_parameter_update_bit_for_bit(optimizer):
         engine.flat = flat
         assert all(o.status == "ok" for o in engine.train(mine, budget))
         weights.append([p.detach().clone() for job in mine for p in job.model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", pytest.param("gd", marks=pytest.mark.slow)])
+def test_layers_every_job_holds_constant_are_computed_once_with_the_same_numbers_bit_for_bit(optimizer, monkeypatch):
+    # frozen prefixes of 1 to 4 conv layers (full[freeze=True]: all four), two seeds each so
+    # that each prefix is a program of its own; minibatches (adam) and the whole split (gd)
+    the_task = task("digits-split[width=8,source_steps=4,target_steps=12]")
+    base = the_task.budget("target")
+    budget = budgets(base)["adam"] if optimizer == "adam" else dataclasses.replace(base, optimizer="gd", lr=0.05)
+    specs = ["partial-layers[layers=1,freeze=True]", "partial-layers[layers=2,freeze=True]", "partial-layers[layers=3,freeze=True]", "full[freeze=True]", "scratch"]
+    jobs, _, _ = planned_jobs(the_task, specs, (0, 1), budget, dtype=torch.float32)
+    weights, ahead = [], []
+    for cache in (True, False):
+        mine = copy.deepcopy(jobs)
+        engine = VmapEngine()
+        engine.prefix_cache = cache
+        features = engine._prefix_features
+        monkeypatch.setattr(engine, "_prefix_features", lambda model, P, x, k, *a: (ahead.append((cache, k)), features(model, P, x, k, *a))[1])
+        assert all(o.status == "ok" for o in engine.train(mine, budget))
+        weights.append([p.detach().clone() for job in mine for p in job.model.parameters()])
+    assert sorted(ahead) == [(True, 1), (True, 2), (True, 3), (True, 4)]  # computed once per program, never when off
     assert all(torch.equal(a, b) for a, b in zip(*weights))
 
 
