@@ -316,6 +316,8 @@ def layer_table(df: pd.DataFrame, task: TaskInfo) -> LayerTable | None:
             values = deltas(df, task.name, column.family, freeze=column.freeze, layers=k)
             if len(values):
                 cells[(column.label, k)] = Tested.of(values, task=task, column=column.label, k=k)
+    if not cells:  # no paired difference (the baseline failed or is missing for this task)
+        return None
     correct(cells.values())
     return LayerTable(task, columns, depths, cells)
 

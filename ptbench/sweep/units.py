@@ -127,11 +127,13 @@ def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int) ->
     units: list[Unit] = []
     current: list[Group] = []
     cost = done = 0.0  # the current unit's cost; the cost of the units before it
-    for group, group_cost in task_groups:
+    for i, (group, group_cost) in enumerate(task_groups):
         over_runs = sum(len(g.specs) for g in current) + len(group.specs) > max_runs
-        # cut where this group's middle would cross the next multiple of `target`
+        # cut where this group's middle would cross the next multiple of `target`, unless that
+        # would leave a unit (this one, or the rest) of fewer than UNIT_MIN_GROUPS groups
         past_share = done + cost + group_cost / 2 > target * (len(units) + 1) and len(units) < k - 1
-        if current and (over_runs or past_share):
+        enough = len(current) >= UNIT_MIN_GROUPS and len(task_groups) - i >= UNIT_MIN_GROUPS
+        if current and (over_runs or (past_share and enough)):
             units.append(Unit(current, cost))
             done += cost
             current, cost = [], 0.0

@@ -371,3 +371,14 @@ def test_the_page_is_rewritten_only_when_its_text_changes(tmp_path):
     moved.loc[moved["strategy"] == "partial-layers[layers=3,freeze=True]", "target_acc"] += 0.12
     images.write_report(moved, out)
     assert page.read_text() == images.render(moved) != images.render(frame)
+
+
+def test_a_task_whose_baseline_failed_gets_no_layer_table_and_no_crash(tmp_path):
+    """Without a paired difference (scratch failed on a task) that task's layer table has no
+    cell: the page leaves the table out instead of failing to summarise it."""
+    df = synthetic_store(tmp_path, deep_frozen=-0.06, fine_tuned=0.0)
+    first = sorted(df["task"].unique())[0]
+    failed = df.copy()
+    failed.loc[(failed["task"] == first) & (failed["strategy"] == "scratch"), "status"] = "failed"
+    whole, page = images.render(df), images.render(failed)
+    assert whole.count("| k | AnB (frozen)") == page.count("| k | AnB (frozen)") + 1

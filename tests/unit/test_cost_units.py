@@ -173,6 +173,17 @@ def test_a_unit_holds_at_least_two_groups_where_the_variant_has_them():
     assert [len(unit.groups) for unit in units] == [UNIT_MIN_GROUPS] * 4 == [2] * 4
 
 
+@pytest.mark.parametrize("costs", [[10.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 10.0], [12.0, 1.0, 12.0, 1.0, 1.0]])
+def test_uneven_groups_never_make_a_unit_of_one_group(costs):
+    """The cut by cost gives way to UNIT_MIN_GROUPS: a dear group at either end shares its
+    unit rather than standing alone (a resumed sweep's seeds can have very uneven costs)."""
+    task = small_task()
+    groups = group_specs(specs_for(task, range(len(costs))))
+    units = make_units(groups, RunOptions(), costs=Fixed({(task.key, s): c for s, c in enumerate(costs)}))
+    assert all(len(unit.groups) >= UNIT_MIN_GROUPS for unit in units)
+    assert sorted(g.seed for unit in units for g in unit.groups) == list(range(len(costs)))
+
+
 @pytest.mark.parametrize(("seeds", "each", "count"), [(64, 0.075, SPLIT_UNITS), (8, 0.3, 2), (8, 0.1, 1), (4, 2.0, 2), (3, 2.0, 1)])
 def test_a_small_variant_is_still_cut_for_the_cores_and_never_below_a_second_a_unit(seeds, each, count):
     """A seed sweep of a few seconds is one variant: cut into SPLIT_UNITS units where each
