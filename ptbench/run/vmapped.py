@@ -472,14 +472,17 @@ class VmapEngine(BatchedEngine):
             k += 1
         return k
 
-    def _prefix_features(self, model: nn.Module, P: dict[str, torch.Tensor], x: torch.Tensor, prefix: int, slice_size: int = 1024) -> torch.Tensor | None:
-        """`model.stacked_layers(P, x, prefix)` for each job's whole split x [J, n, ...], a
-        slice of examples at a time; None (compute them every step) past `max_elements`."""
+    def _prefix_features(self, model: nn.Module, P: dict[str, torch.Tensor], X: torch.Tensor, ds: torch.Tensor, prefix: int, slice_size: int = 1024) -> torch.Tensor | None:
+        """`model.stacked_layers(P, X[ds], prefix)`: each job's whole split (job j reads the
+        split X[ds[j]]), a slice of examples at a time, so that no more than a slice of the
+        jobs' inputs is ever copied; None (compute them at every step) where the result would
+        hold more than `max_elements` entries."""
+        n = X.shape[1]
         with torch.no_grad():
-            first = model.stacked_layers(P, x[:, :1], prefix)
-            if x.shape[0] * x.shape[1] * first[0, 0].numel() > self.max_elements:
+            first = model.stacked_layers(P, X[:, :1][ds], prefix)
+            if len(ds) * n * first[0, 0].numel() > self.max_elements:
                 return None
-            return torch.cat([model.stacked_layers(P, x[:, a : a + slice_size], prefix) for a in range(0, x.shape[1], slice_size)], dim=1)
+            return torch.cat([model.stacked_layers(P, X[:, a : a + slice_size][ds], prefix) for a in range(0, n, slice_size)], dim=1)
 
     def _chunk_size(self, p: _Job, budget: TrainBudget) -> int:
         """How many jobs like `p` one program holds under `max_elements`."""
@@ -664,7 +667,7 @@ class VmapEngine(BatchedEngine):
 
         leaves = [P[name].requires_grad_() for name in trained]
         # the constant layers' output for every job's training examples, once (see prefix_cache)
-        ahead = self._prefix_features(template, P, X[ds], ahead_layers) if ahead_layers else None
+        ahead = self._prefix_features(template, P, X, ds, ahead_layers) if ahead_layers else None
         ahead_layers = ahead_layers if ahead is not None else 0
         jobs = torch.arange(J, device=X.device)[:, None]
 

@@ -401,7 +401,7 @@ def test_layers_every_job_holds_constant_are_computed_once_with_the_same_numbers
         engine = VmapEngine()
         engine.prefix_cache = cache
         features = engine._prefix_features
-        monkeypatch.setattr(engine, "_prefix_features", lambda model, P, x, k, *a: (ahead.append((cache, k)), features(model, P, x, k, *a))[1])
+        monkeypatch.setattr(engine, "_prefix_features", lambda model, P, X, ds, k, *a: (ahead.append((cache, k)), features(model, P, X, ds, k, *a))[1])
         assert all(o.status == "ok" for o in engine.train(mine, budget))
         weights.append([p.detach().clone() for job in mine for p in job.model.parameters()])
     assert sorted(ahead) == [(True, 1), (True, 2), (True, 3), (True, 4)]  # computed once per program, never when off
