@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from ptbench.results.stats import ALPHA, Equivalence, Interval, TTest, holm, holm_levels, paired_to_baseline, t_test, tost_test, welch
+from ptbench.results.stats import ALPHA, Equivalence, Interval, TTest, corrected_intervals, holm, paired_to_baseline, t_test, tost_test, welch
 
 MARGIN = 0.01  # the TOST margin: +-1 pp, about 3 test images on the digits
 FRACTION_STEP = 0.25  # filter-fraction slopes are per 25% of the filters inherited
@@ -100,10 +100,9 @@ def correct(items: Iterable[Tested]) -> list[Tested]:
     items = list(items)
     if not items:
         return items
-    pvalues = [t.p for t in items]
-    for item, ph, eh, level in zip(items, holm(pvalues), holm([t.tost.p for t in items]), holm_levels(pvalues)):
-        item.p_holm, item.tost_holm = float(ph), float(eh)
-        item.holm_interval = item.interval(1 - level) if not math.isnan(level) else item.interval()
+    intervals, adjusted, _ = corrected_intervals([t.test for t in items])
+    for item, interval, ph, eh in zip(items, intervals, adjusted, holm([t.tost.p for t in items])):
+        item.p_holm, item.tost_holm, item.holm_interval = float(ph), float(eh), interval
     return items
 
 
