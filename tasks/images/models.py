@@ -157,7 +157,7 @@ class SmallCNN(TransferModel):
         features = {}
         for i in range(start, len(self.convs)):
             h = self._stacked_layer(params, i, h, J)
-            features[f"conv{i + 1}"] = h.reshape(N, J, -1, *h.shape[2:]).transpose(0, 1)
+            features[f"conv{i + 1}"] = self._unstack(h, J)
         weight, bias = params["head.weight"], params["head.bias"]
         out = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), groups=J)
         return out.reshape(N, J, -1).transpose(0, 1), features
@@ -167,17 +167,22 @@ class SmallCNN(TransferModel):
         outputs for images x [J, N, C, H, W]: the feature "conv{stop}" of
         `stacked_forward_features(params, x)`, bit for bit (the kernels compute each example
         alone, whatever N is), as [J, N, C, H, W], without running the layers after it."""
-        J, N = x.shape[0], x.shape[1]
+        J = x.shape[0]
         h = self._stack(x)
         for i in range(stop):
             h = self._stacked_layer(params, i, h, J)
-        return h.reshape(N, J, -1, *h.shape[2:]).transpose(0, 1)
+        return self._unstack(h, J)
 
     @staticmethod
     def _stack(x: torch.Tensor) -> torch.Tensor:
         """[J, N, C, H, W] as the one [N, J*C, H, W] map the grouped convolutions read."""
         layout = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
         return x.transpose(0, 1).reshape(x.shape[1], x.shape[0] * x.shape[2], *x.shape[3:]).contiguous(memory_format=layout)
+
+    @staticmethod
+    def _unstack(h: torch.Tensor, J: int) -> torch.Tensor:
+        """The [N, J*C, H, W] map back as [J, N, C, H, W] (a view)."""
+        return h.reshape(h.shape[0], J, -1, *h.shape[2:]).transpose(0, 1)
 
     def _stacked_layer(self, params: dict[str, torch.Tensor], i: int, h: torch.Tensor, J: int) -> torch.Tensor:
         conv = self.convs[i]
