@@ -93,6 +93,13 @@ from ptbench.run.vmapped import _plan_leaves, _plan_view
 from .data import PatchSplit
 from .model import TwoLayerReLUCNN
 
+#: The flat per-step buffers whose elementwise functions are transcendental (the margin's
+#: softplus and sigmoid) are padded to a multiple of this many elements, so that torch's
+#: vectorized CPU loop computes every real element and no scalar remainder loop does (the
+#: two round exp differently, which made a program's last dataset train differently from
+#: the same dataset in any other position). 64 covers every vector width.
+VECTOR_PAD = 64
+
 
 def _freeze_rows(plan: TransferPlan | None, model: TwoLayerReLUCNN) -> torch.Tensor | None:
     """[2, m] bool: the filters the plan freezes (learning-rate scale 0 included); None when
@@ -606,6 +613,8 @@ class TwoLayerCNNEngine(BatchedEngine):
         hbuf = torch.zeros(D, groups, n + 2 * S, device=device, dtype=dtype)  # dummy group stays 0
         h_classes = hbuf[:, : 2 * J, :n].view(D, J, 2, n)
         history = torch.empty(steps, D, J, device=device, dtype=dtype)  # the loss, every step
+        margin_flat = torch.zeros(-(-(D * J * n) // VECTOR_PAD) * VECTOR_PAD, device=device, dtype=dtype)
+        margin = margin_flat[: D * J * n].view(D, J, n)
         if terms is not None:  # the hooked jobs' terms, every step (added to the history at the end)
             term_history = torch.zeros(steps, len(terms.slots), device=device, dtype=dtype)
         if pull_half is not None:
@@ -641,10 +650,11 @@ class TwoLayerCNNEngine(BatchedEngine):
             sums = torch.index_add(fixed, 0, gidx, rowbuf.view(D * R, n + 2 * S)).view(D, groups, n + 2 * S)
             F = sums[..., :n] if not S else sums[..., :n] + torch.bmm(sums[..., n:], PNt)  # [D, groups, n]
             F2 = F[:, : 2 * J].view(D, J, 2, n)
-            margin = (F2[:, :, 1] - F2[:, :, 0]).mul_(y / m)  # -y f, [D, J, n]
-            torch.mean(torch.nn.functional.softplus(margin), dim=-1, out=history[step])
+            torch.sub(F2[:, :, 1], F2[:, :, 0], out=margin).mul_(y / m)  # -y f, [D, J, n]
+            torch.mean(torch.nn.functional.softplus(margin_flat)[: margin.numel()].view(D, J, n), dim=-1, out=history[step])
             # the gradient's weight per example, with the class sign, for every (slot, class)
-            torch.mul(margin.sigmoid_().mul_(scale)[:, :, None, :], sign, out=h_classes)
+            margin_flat.sigmoid_()
+            torch.mul(margin.mul_(scale)[:, :, None, :], sign, out=h_classes)
             if S:
                 hbuf[..., n:] = torch.bmm(hbuf[..., :n], PN)
             h_rows = hbuf.view(D * groups, n + 2 * S).index_select(0, gidx).view(D, R, n + 2 * S)

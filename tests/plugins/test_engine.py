@@ -93,6 +93,29 @@ def test_runs_that_must_end_alike_are_trained_once(make_task, monkeypatch):
     assert len({(r.target_acc, r.target_train_acc, str(r.diagnostics)) for r in twins}) == 1
 
 
+def _exactly(results):
+    return {r.key: (r.status, r.path, r.source_acc, r.target_acc, r.target_train_acc, r.donor_digest, repr(r.diagnostics)) for r in results}
+
+
+def test_a_run_trains_to_the_same_bits_whichever_runs_share_its_program(make_task):
+    """A run's numbers are its own, not its program's: the same seed and strategy train to
+    the same floats first, last or alone in a program, beside any other seeds and
+    strategies, so that the units may follow the worker count (`ptbench.sweep.units`) and a
+    stored run never depends on what ran beside it. (torch's vectorized CPU loops leave a
+    remainder shorter than a vector to scalar code, whose exp rounds differently: the
+    engine pads the flat buffers of its softplus and sigmoid, `VECTOR_PAD`. Before, a
+    program's last dataset trained differently from the same data anywhere else.)"""
+    task = make_task(n_target=25, steps=60)
+    strategies = [Scratch(), Full(freeze=False), PartialFilters(fraction=0.5, freeze=False), PartialFilters(fraction=0.25, freeze=True),
+                  L2SP(alpha=0.01), LPFT(fraction=0.5)]
+    options = RunOptions()
+    reference = _exactly(run_groups(group_specs(specs_for(task, strategies, seeds=(0, 1, 2))), options))
+    assert {v[0] for v in reference.values()} == {"ok"} and {v[1] for v in reference.values()} == {"batched"}
+    for seeds, chosen in [((2,), strategies), ((1,), strategies), ((2, 0), strategies[::-1]), ((1, 2), strategies[1::2]), ((0,), strategies[:2])]:
+        got = _exactly(run_groups(group_specs(specs_for(task, chosen, seeds=seeds)), options))
+        assert got == {key: reference[key] for key in got}, (seeds, [s.instance_name for s in chosen])
+
+
 def test_engine_weights_equal_per_run_training_float32_and_float64(make_task):
     task = make_task()
     data = task.data("target", RandomStreams(3))
