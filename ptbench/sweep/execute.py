@@ -11,9 +11,10 @@ on one torch thread (`units.UNIT_THREADS`, as everywhere), or this process where
 cannot pay for themselves: one core, one unit, or a sweep estimated to take less than
 AUTO_MIN_SECONDS (a worker is forked from this process, so starting one costs milliseconds,
 but a sweep of a few seconds gains less from a second core than its units' imbalance
-costs). `--jobs 1` is LocalExecutor, `--jobs N` ProcessExecutor. Every
-executor runs the same units (`units.make_units` does not look at the worker count), so the
-numbers are the same whichever runs them.
+costs). `--jobs 1` is LocalExecutor, `--jobs N` ProcessExecutor. Each executor cuts the
+units for its own worker count (`units.make_units`: one worker gets one engine program per
+variant, N workers at least N where each is worth a unit); the engines compute a run alike
+in any program, so the numbers are the same whichever runs them.
 
 Worker processes (`--jobs N`, and `--timeout` with one job) are ptbench's own small pool
 (`ptbench.sweep.worker`), not a ProcessPoolExecutor, because a pool must know which unit a
@@ -147,7 +148,7 @@ class LocalExecutor:
         if self.kill_hung and options.timeout:
             yield from ProcessExecutor(1, self.plugins).run(groups, options)
             return
-        for unit in make_units(list(groups), options):
+        for unit in make_units(list(groups), options, workers=1):
             exits.check()  # a stop signal that arrived while the last results were stored
             _started(unit)
             with exits.interruptible():
@@ -463,7 +464,7 @@ class ProcessExecutor:
         self.threads = threads
 
     def run(self, groups: Iterable[Group], options: RunOptions, units: list[Unit] | None = None) -> Iterator[RunResult]:
-        units = make_units(list(groups), options) if units is None else units
+        units = make_units(list(groups), options, workers=self.jobs) if units is None else units
         if not units:
             return
         threads = self.threads or UNIT_THREADS
@@ -504,7 +505,7 @@ class AutoExecutor:
 
     def run(self, groups: Iterable[Group], options: RunOptions) -> Iterator[RunResult]:
         groups = list(groups)
-        units = make_units(groups, options) if self.cores > 1 else []
+        units = make_units(groups, options, workers=self.cores) if self.cores > 1 else []
         if len(units) <= 1 or sum(unit.cost for unit in units) < AUTO_MIN_SECONDS:
             self.chose = "in process"
             yield from LocalExecutor(self.plugins, kill_hung=True).run(groups, options)
@@ -535,7 +536,7 @@ class DaskExecutor:
         except (OSError, TimeoutError) as err:
             raise PtbenchError(f"cannot reach the dask scheduler at {self.scheduler!r} ({err}); is the cluster up?") from None
         try:
-            units = make_units(list(groups), options)
+            units = make_units(list(groups), options, workers=max(1, len(client.nthreads())))
             futures = {}
             for i, unit in enumerate(units):  # largest first, and dask runs them in that order
                 future = client.submit(_run_on_worker, payload(unit), options, self.plugins, pure=False,

@@ -9,15 +9,18 @@ run takes is decided once, per run, by `ptbench.run.protocol.batched_refusal` in
 Units are sized by estimated cost (`ptbench.sweep.cost`: seconds on one core), not by run
 count: a run of the per-run loop can cost a hundred batched ones, and a digits run ten
 signal-noise ones. A task variant's packable groups are cut into units of about equal cost,
-none above UNIT_SECONDS where the groups allow and at least SPLIT_UNITS of them where each
-is still worth a unit, but none of fewer than UNIT_MIN_GROUPS groups where the variant has
-them (a unit trains its groups' donors as one program), and the units come largest first, so that a
-pool that hands them out in order (longest processing time first) has its workers finish
-together rather than one finishing a big unit alone at the end. The cut does not depend on
-how many workers there are: a batched engine's floats depend on which runs share a program
-(the signal-noise engine's source weights differ in their last bits between a program of
-one group and one of two), so units that followed the worker count would make the numbers
-follow --jobs. Small fixed units give every worker its share instead, on any count.
+none above UNIT_SECONDS where the groups allow and at least one per worker where each is
+still worth a unit (SPLIT_MIN_SECONDS), but none of fewer than UNIT_MIN_GROUPS groups where
+the variant has them (a unit trains its groups' donors as one program), and the units come
+largest first, so that a pool that hands them out in order (longest processing time first)
+has its workers finish together rather than one finishing a big unit alone at the end.
+
+The cut follows the worker count (`workers`), because the numbers do not follow the cut: a
+batched engine computes each run of a program as it would compute it in any other program
+of two or more groups, bit for bit (tested: tests/plugins/test_engine.py and
+test_vmapped_engine.py), so one worker gets one program per variant and many workers get
+many, with the same results. (A unit of one group is the exception the minimum avoids: its
+donor trains on the per-run loop.)
 
 Units are independent: each draws its data from (seed, role) streams and takes donors from
 the cache or trains them, so any executor can run them anywhere, in any order, with the
@@ -55,12 +58,11 @@ UNIT_THREADS = 1
 #: enough for an engine program to share its per-step overhead among a few groups (the
 #: signal-noise engine: 5 groups as one program or as 2 + 3, equal time within noise).
 UNIT_SECONDS = 10.0
-#: ... and cut into at least this many units (of at least SPLIT_MIN_SECONDS each), however
-#: small: a sweep of a few seconds, one variant (a seed sweep), is then still spread over a
-#: machine's cores. Workers are forked, so a unit in a worker costs milliseconds more than
-#: in this process; each unit's engine program costs a few tenths of a second of per-step
-#: overhead. Fixed, like UNIT_SECONDS, so that the cut never follows the worker count.
-SPLIT_UNITS = 4
+#: ... and into at least one unit per worker where each would still cost this much: a sweep
+#: of a few seconds, one variant (a seed sweep), is then still spread over a machine's cores,
+#: and no further (every unit's engine programs cost a few tenths of a second of per-step
+#: overhead: the 8-seed reference sweep of benchmarks/RESULTS.md took 0.3-0.4 s less on 2
+#: workers as 2 units than as 4).
 SPLIT_MIN_SECONDS = 1.0
 #: ... but never into units of fewer groups (seeds) than this, where the variant has them:
 #: a unit of one group trains its donor alone, on the per-run loop (an engine program of one
@@ -93,10 +95,11 @@ def cost_model(options: RunOptions) -> CostModel:
     return CostModel(batched=options.batched, limit=options.timeout)
 
 
-def make_units(groups: Sequence[Group], options: RunOptions, costs: CostModel | None = None) -> list[Unit]:
+def make_units(groups: Sequence[Group], options: RunOptions, costs: CostModel | None = None, workers: int = 1) -> list[Unit]:
     """Packable groups of one task variant become units of at most `options.max_batch_runs`
     runs and, where the groups allow, at most UNIT_SECONDS of estimated cost, of about equal
-    cost; every other group is a unit of its own. Largest first. `costs` is the estimate
+    cost, and at least `workers` of them where each costs SPLIT_MIN_SECONDS; every other
+    group is a unit of its own. Largest first. `costs` is the estimate
     (`ptbench.sweep.cost.CostModel`, or anything with its `groups` method)."""
     groups = list(groups)
     group_costs = (costs or cost_model(options)).groups(groups)
@@ -108,19 +111,19 @@ def make_units(groups: Sequence[Group], options: RunOptions, costs: CostModel | 
         else:
             units.append(Unit([group], cost))
     for task_groups in by_task.values():
-        units += _pack(task_groups, UNIT_SECONDS, options.max_batch_runs)
+        units += _pack(task_groups, UNIT_SECONDS, options.max_batch_runs, max(1, workers))
     units.sort(key=lambda unit: -unit.cost)  # stable: equal costs keep the sweep's order
     return units
 
 
-def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int) -> list[Unit]:
+def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int, workers: int) -> list[Unit]:
     """One variant's groups, in order, as k units of about equal cost: k is the fewest that
-    keeps each within `most`, at least SPLIT_UNITS where each would still cost
+    keeps each within `most`, at least `workers` where each would still cost
     SPLIT_MIN_SECONDS, and no more than leaves each UNIT_MIN_GROUPS groups; then at least
     enough to keep each within `max_runs` runs, and no more than the groups."""
     total = sum(cost for _, cost in task_groups)
     runs = sum(len(group.specs) for group, _ in task_groups)
-    k = max(math.ceil(total / most - 1e-9) if most > 0 else 1, min(SPLIT_UNITS, math.floor(total / SPLIT_MIN_SECONDS)), 1)
+    k = max(math.ceil(total / most - 1e-9) if most > 0 else 1, min(workers, math.floor(total / SPLIT_MIN_SECONDS)), 1)
     k = min(k, max(len(task_groups) // UNIT_MIN_GROUPS, 1))
     k = min(max(k, math.ceil(runs / max(max_runs, 1))), len(task_groups))
     target = total / k

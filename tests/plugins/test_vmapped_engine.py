@@ -289,6 +289,26 @@ def test_through_the_runner_runs_are_batched_with_the_per_run_accuracies():
         assert (mine.status, mine.source_acc, mine.target_acc, mine.target_train_acc) == (ref.status, ref.source_acc, ref.target_acc, ref.target_train_acc), key
 
 
+def test_a_run_trains_to_the_same_bits_in_any_program_of_two_or_more_groups():
+    """What lets the units follow the worker count (`ptbench.sweep.units`): a seed's runs,
+    first or last in a program of two, three or four seeds, beside all strategies or some,
+    give the same floats. (A unit of one group does not: its donor trains on the per-run
+    loop, which UNIT_MIN_GROUPS keeps from happening where a variant has two groups.)"""
+    the_task = task("digits-split[width=8,source_steps=20,target_steps=12]")
+    names = ["scratch", "full", "partial-filters[fraction=0.5]", "l2-sp", "lp-ft[fraction=0.5]", "delta"]
+
+    def exactly(seeds, chosen):
+        specs = [RunSpec(the_task, strategy(s), seed) for seed in seeds for s in chosen]
+        return {r.key: (r.status, r.path, r.source_acc, r.target_acc, r.target_train_acc, r.donor_digest, repr(r.diagnostics))
+                for r in run_groups(group_specs(specs), RunOptions())}
+
+    reference = exactly((0, 1, 2, 3), names)
+    assert {v[1] for v in reference.values()} == {"batched"}
+    for seeds, chosen in [((0, 1), names), ((3, 2), names[::-1]), ((1, 3, 0), names[1::2])]:
+        got = exactly(seeds, chosen)
+        assert got == {key: reference[key] for key in got}, (seeds, chosen)
+
+
 # --------------------------------------------------------------------------- the fast paths
 
 

@@ -23,7 +23,7 @@ from ptbench.strategies.scratch import Scratch
 from ptbench.sweep import cost, sweep as sweep_module
 from ptbench.sweep.cost import PLANS_WITH_DATA, UNKNOWN_RUN_SECONDS, CostModel, engine_speedup, forward_flops
 from ptbench.sweep.execute import AUTO, AutoExecutor, DaskExecutor, LocalExecutor, ProcessExecutor, make_executor, parse_jobs
-from ptbench.sweep.units import SPLIT_MIN_SECONDS, SPLIT_UNITS, UNIT_MIN_GROUPS, UNIT_SECONDS, make_units, run_unit
+from ptbench.sweep.units import SPLIT_MIN_SECONDS, UNIT_MIN_GROUPS, UNIT_SECONDS, make_units, run_unit
 from ptbench.tasks.signal_noise import SignalNoise
 
 from conftest import small_task
@@ -184,14 +184,16 @@ def test_uneven_groups_never_make_a_unit_of_one_group(costs):
     assert sorted(g.seed for unit in units for g in unit.groups) == list(range(len(costs)))
 
 
-@pytest.mark.parametrize(("seeds", "each", "count"), [(64, 0.075, SPLIT_UNITS), (8, 0.3, 2), (8, 0.1, 1), (4, 2.0, 2), (3, 2.0, 1)])
-def test_a_small_variant_is_still_cut_for_the_cores_and_never_below_a_second_a_unit(seeds, each, count):
-    """A seed sweep of a few seconds is one variant: cut into SPLIT_UNITS units where each
-    costs SPLIT_MIN_SECONDS (64 x 0.075 = 4.8 s: 4 units), fewer where it would not (2.4 s: 2;
-    0.8 s: 1), never into units of one group (4 groups: 2 units; 3: 1)."""
+@pytest.mark.parametrize(("seeds", "each", "workers", "count"),
+                         [(64, 0.075, 4, 4), (64, 0.075, 2, 2), (64, 0.075, 1, 1), (8, 0.3, 4, 2), (8, 0.1, 4, 1), (4, 2.0, 4, 2), (3, 2.0, 4, 1)])
+def test_a_small_variant_is_cut_for_the_workers_and_never_below_a_second_a_unit(seeds, each, workers, count):
+    """A seed sweep of a few seconds is one variant: cut into one unit per worker where each
+    costs SPLIT_MIN_SECONDS (64 x 0.075 = 4.8 s: 4 units for 4 workers, 2 for 2, 1 for one),
+    fewer where it would not (2.4 s: 2; 0.8 s: 1), never into units of one group (4 groups:
+    2 units; 3: 1)."""
     task = small_task()
     groups = group_specs(specs_for(task, range(seeds)))
-    units = make_units(groups, RunOptions(), costs=Fixed({(task.key, s): each for s in range(seeds)}))
+    units = make_units(groups, RunOptions(), costs=Fixed({(task.key, s): each for s in range(seeds)}), workers=workers)
     assert len(units) == count and all(unit.cost >= min(SPLIT_MIN_SECONDS, seeds * each) - 1e-9 for unit in units)
     assert sorted(g.seed for unit in units for g in unit.groups) == list(range(seeds))
 
