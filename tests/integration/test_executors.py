@@ -15,6 +15,8 @@ from ptbench.strategies.full import Full
 from ptbench.strategies.l2_sp import L2SP
 from ptbench.strategies.partial_filters import PartialFilters
 from ptbench.strategies.scratch import Scratch
+from ptbench.sweep import units
+from ptbench.sweep.units import make_units
 
 #: Fields that say how long or where a run took, not what it found.
 TIMING = {"source_seconds", "target_seconds"}
@@ -45,6 +47,20 @@ def test_worker_processes_give_the_local_results(make_task, tmp_path):
     parallel = results(ProcessExecutor(2), specs, options)
     assert all(r.status == "ok" for r in parallel.values())
     assert_equal_results(parallel, local)
+
+
+def test_the_cut_follows_the_workers_and_the_numbers_do_not(make_task, monkeypatch):
+    """One worker trains a variant's six seeds as one program, two as two, three as three
+    (here every unit is worth its own worker); each run comes out the same, bit for bit."""
+    monkeypatch.setattr(units, "SPLIT_MIN_SECONDS", 1e-9)
+    task = make_task(steps=40)
+    specs = [RunSpec(task, s, seed) for seed in range(6) for s in (Scratch(), Full(), PartialFilters(fraction=0.5, freeze=True), L2SP(alpha=0.01))]
+    cuts = {w: [len(u.groups) for u in make_units(group_specs(specs), RunOptions(), workers=w)] for w in (1, 2, 3)}
+    assert cuts == {1: [6], 2: [3, 3], 3: [2, 2, 2]}
+    local = results(LocalExecutor(), specs)
+    assert {r.path for r in local.values()} == {"batched"}
+    for workers in (2, 3):
+        assert_equal_results(results(ProcessExecutor(workers), specs), local)
 
 
 def test_dask_local_cluster_gives_the_local_results(make_task):
