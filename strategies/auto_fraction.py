@@ -37,7 +37,6 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-from tabulate import tabulate
 
 from ptbench.api import Diverged, Split, Strategy, TransferPlan
 
@@ -139,6 +138,8 @@ class AutoFraction(Strategy):
                 )
         if not body:
             return None
+        from tabulate import tabulate  # here, not at import: tabulate's wcwidth tables cost 0.1 s of every run's start-up
+
         table = tabulate(
             body,
             headers=["task", "strategy", "acc %", "best fixed fraction", "its acc %", "gap (pp)", "fixed fractions better", "fractions compared"],

@@ -153,15 +153,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _outputs_libraries(html: bool) -> None:
-    """Import what the leaderboard (and the site) will need: pandas, the statistics, Jinja2."""
+    """Import what the leaderboard (and the site) will need: pandas, the statistics, Jinja2;
+    and compile the site's templates."""
     import ptbench.results.leaderboard  # noqa: F401
     import ptbench.results.suite_report  # noqa: F401
 
     if html:
-        import jinja2  # noqa: F401
-        import plotly  # noqa: F401
+        import ptbench.results.html.site as site
 
-        import ptbench.results.html.site  # noqa: F401
+        site.warm()
 
 
 def _run(args, suite, registry, specs, labels, where, options, executor, adhoc: bool, report: bool) -> int:

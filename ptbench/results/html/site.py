@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html as html_escape
+import json
 import math
 import mimetypes
 import re
@@ -227,12 +229,31 @@ def markdown_html(text: str) -> Any:
 
 def _chart_html(fig: dict[str, Any], div_id: str) -> Any:
     """A Plotly figure (a plain dict: building graph objects costs far more than writing the
-    page) as a div and its newPlot call; plotly.js itself comes once per page."""
+    page) as a div and its newPlot call; plotly.js itself comes once per page. Written here
+    as plotly.io.to_html writes it, because importing plotly.io (and narwhals under it) cost
+    0.15 s of every site written, more than the pages themselves."""
     import markupsafe
-    import plotly.io as pio
 
-    html = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG, validate=False)
+    layout = fig.get("layout", {})
+    height = layout.get("height")
+    outer = f"{height}px" if isinstance(height, (int, float)) and not isinstance(height, bool) else "100%"
+    target = json.dumps(div_id)
+    html = (
+        f'<div style="height:{outer}; width:100%;"><div id="{html_escape.escape(div_id)}" class="plotly-graph-div" '
+        'style="height:100%; width:100%;"></div><script>window.PLOTLYENV=window.PLOTLYENV || {};'
+        f"if (document.getElementById({target})) {{Plotly.newPlot({target}, {_figure_json(fig.get('data', []))}, "
+        f"{_figure_json(layout)}, {json.dumps(PLOTLY_CONFIG)})}};</script></div>"
+    )
     return markupsafe.Markup(html)
+
+
+def _figure_json(value: Any) -> str:
+    """Strict JSON for a figure's part, safe inside a <script>: NaN and infinities become
+    null, and <, > and / are escaped (as plotly's own encoder does)."""
+    text = json.dumps(value, separators=(",", ":"))
+    if "NaN" in text or "Infinity" in text:  # maybe inside a string only; decoding tells
+        text = json.dumps(json.loads(text, parse_constant=lambda _: None), separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("/", "\\u002f")
 
 
 #: The look of every chart (the figure dicts skip plotly's Python templates, which are slow).
@@ -636,7 +657,11 @@ def _run_context(rec: dict[str, Any], siblings: list[dict[str, Any]], labels: di
     }
 
 
+@lru_cache(maxsize=1)
 def _environment() -> Any:
+    """The templates' environment, once per process: it keeps each template compiled, and
+    compiling them is most of a small site's cost (`warm` does it ahead, while a sweep's
+    workers compute)."""
     jinja2, _ = _deps()
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
@@ -646,6 +671,13 @@ def _environment() -> Any:
         lstrip_blocks=True,
     )
     return env
+
+
+def warm() -> None:
+    """Compile the site's templates now, so that writing the site later does not."""
+    env = _environment()
+    for name in ("index.html.j2", "run.html.j2"):
+        env.get_template(name)
 
 
 def write_site(
