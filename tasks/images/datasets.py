@@ -561,13 +561,35 @@ def load_image_folder(root: str, size: int, channels: int) -> ImagePool:
 
 def load_digits_pool() -> ImagePool:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images; no download), in [0, 1]."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:  # pragma: no cover
-        raise PtbenchError("the digits tasks need scikit-learn: pip install scikit-learn") from None
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    return ImagePool(x=x, y=digits.target.astype(np.int64), classes=[str(i) for i in range(10)])
+    data = _bundled_digits()
+    if data is None:  # not where this scikit-learn version keeps it: ask scikit-learn
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:  # pragma: no cover
+            raise PtbenchError("the digits tasks need scikit-learn: pip install scikit-learn") from None
+        digits = load_digits()
+        images, target = digits.images, digits.target
+    else:
+        images, target = data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    x = (images / 16.0).astype(np.float32)[:, None]
+    return ImagePool(x=x, y=target.astype(np.int64), classes=[str(i) for i in range(10)])
+
+
+def _bundled_digits() -> np.ndarray | None:
+    """The digits file scikit-learn ships (sklearn/datasets/data/digits.csv.gz), read as
+    `sklearn.datasets.load_digits` reads it (`np.loadtxt` of the gzipped CSV: the same
+    numbers), without importing scikit-learn: that import (scipy.stats under it) took 1.7 s
+    before the first unit of every digits sweep could start. None when the file is not there."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        return None
+    with gzip.open(path, mode="rt", encoding="utf-8") as lines:
+        return np.loadtxt(lines, delimiter=",")
 
 
 def as_float(x: np.ndarray) -> np.ndarray:

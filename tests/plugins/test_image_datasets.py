@@ -587,3 +587,26 @@ def test_image_folder_refuses_huge_images_by_their_header(data_env, width, heigh
     assert time.perf_counter() - start < 2.0
     assert str(huge) in message and expected in message
     assert Image.MAX_IMAGE_PIXELS == limit and warnings.filters == filters  # nothing changed for the process
+
+
+def test_the_digits_pool_is_scikit_learns_load_digits_read_without_importing_scikit_learn():
+    """The digits come from the file scikit-learn bundles, read as load_digits reads it, so
+    that a digits sweep need not import scikit-learn (and scipy under it: 1.7 s) before its
+    first unit; the numbers are load_digits's, bit for bit. A fresh interpreter shows the
+    import is not needed; one without the file falls back to load_digits itself."""
+    from sklearn.datasets import load_digits
+
+    pool = datasets.load_digits_pool()
+    digits = load_digits()
+    assert np.array_equal(pool.x, (digits.images / 16.0).astype(np.float32)[:, None]) and pool.x.dtype == np.float32
+    assert np.array_equal(pool.y, digits.target) and pool.y.dtype == np.int64 and pool.x.shape == (1797, 1, 8, 8)
+    code = "import sys; from ptbench.tasks.images.datasets import load_digits_pool; load_digits_pool(); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_the_digits_pool_falls_back_to_load_digits_where_the_file_is_elsewhere(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    monkeypatch.setattr(datasets, "_bundled_digits", lambda: None)
+    pool = datasets.load_digits_pool()
+    assert np.array_equal(pool.x, (load_digits().images / 16.0).astype(np.float32)[:, None])
