@@ -119,26 +119,67 @@ def make_units(groups: Sequence[Group], options: RunOptions, costs: CostModel | 
 def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int, workers: int) -> list[Unit]:
     """One variant's groups, in order, as k units of about equal cost: k is the fewest that
     keeps each within `most`, at least `workers` where each would still cost
-    SPLIT_MIN_SECONDS, and no more than leaves each UNIT_MIN_GROUPS groups; then at least
-    enough to keep each within `max_runs` runs, and no more than the groups."""
+    SPLIT_MIN_SECONDS, and no more than leaves each UNIT_MIN_GROUPS groups; then more where a
+    unit would hold more than `max_runs` runs.
+
+    Only cuts of UNIT_MIN_GROUPS groups a unit or more are made for the workers: a group alone
+    in a unit trains its donor on the per-run loop (other floats than in a program), so which
+    groups stand alone must never depend on the worker count. Where no such cut keeps every
+    unit within `max_runs` (groups too large to pair), the groups are cut by runs alone,
+    greedily, the same cut for any number of workers."""
     total = sum(cost for _, cost in task_groups)
     runs = sum(len(group.specs) for group, _ in task_groups)
+    max_runs = max(max_runs, 1)
+    most_units = max(len(task_groups) // UNIT_MIN_GROUPS, 1)  # every unit UNIT_MIN_GROUPS groups or more
+    fewest = math.ceil(runs / max_runs)  # fewer units cannot keep within max_runs
     k = max(math.ceil(total / most - 1e-9) if most > 0 else 1, min(workers, math.floor(total / SPLIT_MIN_SECONDS)), 1)
-    k = min(k, max(len(task_groups) // UNIT_MIN_GROUPS, 1))
-    k = min(max(k, math.ceil(runs / max(max_runs, 1))), len(task_groups))
-    target = total / k
+    k = min(max(k, fewest), most_units)
+    sizes = [len(group.specs) for group, _ in task_groups]
+    if len(sizes) == 1:
+        return [Unit([task_groups[0][0]], total)]  # a group is never split
+    # the workers' k first, then every other k that could keep the units within max_runs, so
+    # that whether the greedy cut below is needed depends on the groups and the cap alone (the
+    # greedy cut straight away where two neighbouring groups together exceed the cap: groups
+    # near the cap's size, which the cap keeps apart whatever the workers)
+    pairs_fit = all(a + b <= max_runs for a, b in zip(sizes, sizes[1:]))
+    for count in ([k] + [c for c in range(fewest, most_units + 1) if c != k]) if pairs_fit else []:
+        units = _cut_by_cost(task_groups, count)
+        if all(len(unit.specs()) <= max_runs for unit in units):
+            return units
+    return _cut_by_runs(task_groups, max_runs)
+
+
+def _cut_by_cost(task_groups: list[tuple[Group, float]], k: int) -> list[Unit]:
+    """The groups, in order, as at most k units of about equal cost, none of fewer than
+    UNIT_MIN_GROUPS groups where the groups allow."""
+    target = sum(cost for _, cost in task_groups) / k
     units: list[Unit] = []
     current: list[Group] = []
     cost = done = 0.0  # the current unit's cost; the cost of the units before it
     for i, (group, group_cost) in enumerate(task_groups):
-        over_runs = sum(len(g.specs) for g in current) + len(group.specs) > max_runs
         # cut where this group's middle would cross the next multiple of `target`, unless that
         # would leave a unit (this one, or the rest) of fewer than UNIT_MIN_GROUPS groups
         past_share = done + cost + group_cost / 2 > target * (len(units) + 1) and len(units) < k - 1
         enough = len(current) >= UNIT_MIN_GROUPS and len(task_groups) - i >= UNIT_MIN_GROUPS
-        if current and (over_runs or (past_share and enough)):
+        if current and past_share and enough:
             units.append(Unit(current, cost))
             done += cost
+            current, cost = [], 0.0
+        current.append(group)
+        cost += group_cost
+    if current:
+        units.append(Unit(current, cost))
+    return units
+
+
+def _cut_by_runs(task_groups: list[tuple[Group, float]], max_runs: int) -> list[Unit]:
+    """The groups, in order, as units of at most `max_runs` runs (a group is never split)."""
+    units: list[Unit] = []
+    current: list[Group] = []
+    cost = 0.0
+    for group, group_cost in task_groups:
+        if current and sum(len(g.specs) for g in current) + len(group.specs) > max_runs:
+            units.append(Unit(current, cost))
             current, cost = [], 0.0
         current.append(group)
         cost += group_cost

@@ -309,6 +309,33 @@ def test_a_run_trains_to_the_same_bits_in_any_program_of_two_or_more_groups():
         assert got == {key: reference[key] for key in got}, (seeds, chosen)
 
 
+def test_a_program_too_large_for_one_chunk_is_cut_evenly_and_no_job_is_left_alone():
+    """Jobs beyond what one program holds are cut into chunks of equal size (give or take
+    one), not filled up with a remainder: 4 jobs at most 3 to a program are 2 + 2, each job
+    trained to the bits a program of 2 gives it, where 3 + 1 trained the last one alone, on
+    the per-run loop (found by a review: the remainder, and so the last seed's donor,
+    followed the worker count)."""
+    the_task = task("digits-split[width=4,depth=2,source_steps=4,target_steps=6]")
+    budget = the_task.budget("target")
+    specs = ["full", "partial-filters[fraction=0.5]"]
+
+    def trained(programs, engine):
+        jobs = planned_jobs(the_task, specs, (0, 1), budget, dtype=torch.float32)[0]
+        for program in programs:
+            assert all(o.status == "ok" for o in engine.train([jobs[i] for i in program], budget))
+        return [[p.detach().clone() for p in job.model.parameters()] for job in jobs]
+
+    capped = VmapEngine(max_jobs=3)
+    monkeypatched = []
+    per_run = capped._per_run
+    capped._per_run = lambda chunk, *a: (monkeypatched.append(len(chunk)), per_run(chunk, *a))
+    together = trained([range(4)], capped)
+    assert monkeypatched == []  # no job was left to the per-run loop
+    pairs = trained([(0, 1), (2, 3)], VmapEngine())
+    for mine, theirs in zip(together, pairs):
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs))
+
+
 # --------------------------------------------------------------------------- the fast paths
 
 

@@ -6,6 +6,7 @@ formula, never raising on a broken plugin), not for seconds: no test here times 
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import time
@@ -314,3 +315,26 @@ def test_time_left_follows_what_finished_units_took_and_counts_work_in_flight(mo
         assert left == pytest.approx(25.0) and share == pytest.approx(15.0 / 40.0)
     finally:
         progress.close()
+
+
+@pytest.mark.parametrize(("seeds", "strategies", "cap", "each"), [
+    (4, 3, 7, 2.0), (7, 1, 3, 2.0), (5, 2, 4, 2.0), (9, 2, 5, 2.0), (10, 3, 8, 2.0), (6, 3, 5, 2.0),
+    (256, 3, 256, 0.03), (51, 10, 256, 0.1),  # the review's cases: [85, 85, 85, 1] for 1 worker, [64] * 4 for 4
+])
+def test_which_groups_stand_alone_under_the_run_cap_does_not_depend_on_the_workers(seeds, strategies, cap, each):
+    """A group alone in a unit trains its donor on the per-run loop, to other floats: so the
+    groups the run cap leaves alone must be the same for any worker count (found by a review:
+    the greedy cap cut once left a different seed alone for 1 and for 3 workers)."""
+    task = small_task()
+    chosen = [Scratch(), Full(), Full(freeze=True)] + [Full(freeze=bool(i % 2)) for i in range(strategies)]
+    groups = group_specs(specs_for(task, range(seeds), chosen[:strategies]))
+    alone = {}
+    for workers in range(1, 9):
+        units = make_units(groups, RunOptions(max_batch_runs=cap), costs=Fixed({(task.key, s): each for s in range(seeds)}), workers=workers)
+        assert all(len(unit.specs()) <= max(cap, strategies) for unit in units)
+        assert sorted(g.seed for unit in units for g in unit.groups) == list(range(seeds))
+        alone[workers] = sorted(unit.groups[0].seed for unit in units if len(unit.groups) == 1)
+    assert len(set(map(tuple, alone.values()))) == 1, alone
+    most = cap // strategies  # groups a unit can hold
+    if most >= 2 and math.ceil(seeds / most) <= seeds // 2:  # a cut into units of 2 to `most` groups exists
+        assert alone[1] == [], alone
