@@ -149,19 +149,14 @@ def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int, wo
     return _cut_by_runs(task_groups, max_runs)
 
 
-def _cut_by_cost(task_groups: list[tuple[Group, float]], k: int) -> list[Unit]:
-    """The groups, in order, as at most k units of about equal cost, none of fewer than
-    UNIT_MIN_GROUPS groups where the groups allow."""
-    target = sum(cost for _, cost in task_groups) / k
+def _cut(task_groups: list[tuple[Group, float]], cut_before) -> list[Unit]:
+    """The groups, in order, as units, a new one begun before group i wherever
+    `cut_before(i, current groups, their cost, units so far, cost of those)` says so."""
     units: list[Unit] = []
     current: list[Group] = []
     cost = done = 0.0  # the current unit's cost; the cost of the units before it
     for i, (group, group_cost) in enumerate(task_groups):
-        # cut where this group's middle would cross the next multiple of `target`, unless that
-        # would leave a unit (this one, or the rest) of fewer than UNIT_MIN_GROUPS groups
-        past_share = done + cost + group_cost / 2 > target * (len(units) + 1) and len(units) < k - 1
-        enough = len(current) >= UNIT_MIN_GROUPS and len(task_groups) - i >= UNIT_MIN_GROUPS
-        if current and past_share and enough:
+        if current and cut_before(i, current, cost, len(units), done):
             units.append(Unit(current, cost))
             done += cost
             current, cost = [], 0.0
@@ -172,20 +167,23 @@ def _cut_by_cost(task_groups: list[tuple[Group, float]], k: int) -> list[Unit]:
     return units
 
 
+def _cut_by_cost(task_groups: list[tuple[Group, float]], k: int) -> list[Unit]:
+    """The groups, in order, as at most k units of about equal cost, none of fewer than
+    UNIT_MIN_GROUPS groups where the groups allow: cut where a group's middle would cross the
+    next multiple of the share, unless that would leave a unit (this one, or the rest) of
+    fewer than UNIT_MIN_GROUPS groups."""
+    share = sum(cost for _, cost in task_groups) / k
+
+    def cut_before(i: int, current: list[Group], cost: float, made: int, done: float) -> bool:
+        past_share = done + cost + task_groups[i][1] / 2 > share * (made + 1) and made < k - 1
+        return past_share and len(current) >= UNIT_MIN_GROUPS and len(task_groups) - i >= UNIT_MIN_GROUPS
+
+    return _cut(task_groups, cut_before)
+
+
 def _cut_by_runs(task_groups: list[tuple[Group, float]], max_runs: int) -> list[Unit]:
     """The groups, in order, as units of at most `max_runs` runs (a group is never split)."""
-    units: list[Unit] = []
-    current: list[Group] = []
-    cost = 0.0
-    for group, group_cost in task_groups:
-        if current and sum(len(g.specs) for g in current) + len(group.specs) > max_runs:
-            units.append(Unit(current, cost))
-            current, cost = [], 0.0
-        current.append(group)
-        cost += group_cost
-    if current:
-        units.append(Unit(current, cost))
-    return units
+    return _cut(task_groups, lambda i, current, *_: sum(len(g.specs) for g in current) + len(task_groups[i][0].specs) > max_runs)
 
 
 def run_unit(unit: Unit, options: RunOptions) -> list[RunResult]:
