@@ -152,18 +152,11 @@ def main(args: argparse.Namespace) -> int:
             handler.close()
 
 
-def _outputs_libraries(html: bool, report: str | None) -> None:
-    """Import what the leaderboard (and the site) will need: pandas, the statistics, the
-    suite's report, Jinja2; and compile the site's templates."""
+def _outputs_libraries(html: bool) -> None:
+    """Import what the leaderboard (and the site) will need: pandas, the statistics, Jinja2;
+    and compile the site's templates."""
     import ptbench.results.leaderboard  # noqa: F401
     import ptbench.results.suite_report  # noqa: F401
-
-    if report:
-        import importlib
-
-        from ptbench.results.report_key import split_ref
-
-        importlib.import_module(split_ref(report)[0])  # failing, it is dropped: `write_report` says why
 
     if html:
         import ptbench.results.html.site as site
@@ -180,7 +173,7 @@ def _run(args, suite, registry, specs, labels, where, options, executor, adhoc: 
     store = Store(where.store)
     try:
         try:
-            with nullcontext() if args.no_leaderboard else while_waiting(lambda: _outputs_libraries(html, suite.report if report else None)):
+            with nullcontext() if args.no_leaderboard else while_waiting(lambda: _outputs_libraries(html)):
                 done = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet,
                                  executor=_LoggingExecutor(executor), preflight=args.executor == "local")
         except SweepInterrupted as stop:  # every run that finished is already committed
@@ -217,11 +210,10 @@ def _run(args, suite, registry, specs, labels, where, options, executor, adhoc: 
 def _check_libraries(args: argparse.Namespace, suite, report: bool) -> None:
     """What the outputs will need, checked before anything runs: one line and exit 2."""
     if report:
-        from ptbench.results.report_key import check_report
+        from ptbench.results.suite_report import load_report, report_requires
 
-        # a wrong report key fails now, not after the whole sweep (read, not imported: the
-        # import waits for `_outputs_libraries`, while the workers compute)
-        require(check_report(suite.report), f"the {suite.name} suite's report (or pass --no-leaderboard)")
+        load_report(suite.report)  # a wrong report key fails now, not after the whole sweep
+        require(report_requires(suite.report), f"the {suite.name} suite's report (or pass --no-leaderboard)")
     if args.html:
         if args.no_leaderboard:
             raise PtbenchError("--html writes the site next to the leaderboard: drop --no-leaderboard")

@@ -10,14 +10,44 @@ harness knowing them.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pandas as pd
 
 from ptbench.api import RunSpec
 from ptbench.errors import PtbenchError
-from ptbench.results.report_key import load_report
+
+ReportFunction = Callable[[pd.DataFrame, Path, str], list[Path]]
+
+
+def load_report(ref: str) -> ReportFunction:
+    """The function a `module:function` reference names."""
+    module_name, _, function_name = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except (ImportError, SyntaxError, ValueError, TypeError) as err:  # not found; not Python; an empty or relative name
+        raise PtbenchError(f"report {ref!r}: cannot import {module_name!r} ({err}); fix the suite's report key") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise PtbenchError(f"report {ref!r}: {module_name} has no function {function_name!r}; fix the suite's report key")
+    return function
+
+
+#: What a report needs when its module does not say (`REQUIRES`): the plots' library.
+DEFAULT_REQUIRES = (("matplotlib",), "pip install 'ptbench[plot]'")
+
+
+def report_requires(ref: str) -> tuple[tuple[str, ...], str]:
+    """(modules, pip command) the report needs, checked before a sweep starts: the report
+    module's `REQUIRES = (("module", ...), "pip install ...")`, else matplotlib."""
+    module = importlib.import_module(ref.partition(":")[0])
+    declared = getattr(module, "REQUIRES", None)
+    if isinstance(declared, tuple) and len(declared) == 2 and isinstance(declared[1], str):
+        return tuple(declared[0]), declared[1]
+    return DEFAULT_REQUIRES
+
 
 def suite_runs(runs: pd.DataFrame, specs: Iterable[RunSpec]) -> pd.DataFrame:
     """The stored runs that belong to these specs: matched by run key, or, for a spec whose
