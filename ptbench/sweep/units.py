@@ -125,27 +125,20 @@ def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int, wo
     Only cuts of UNIT_MIN_GROUPS groups a unit or more are made for the workers: a group alone
     in a unit trains its donor on the per-run loop (other floats than in a program), so which
     groups stand alone must never depend on the worker count. Where no such cut keeps every
-    unit within `max_runs` (groups too large to pair), the groups are cut by runs alone,
-    greedily, the same cut for any number of workers."""
+    unit within `max_runs`, the groups are cut by runs alone (`_cut_by_runs`: a group alone
+    only where no cut within the cap pairs it), the same cut for any number of workers."""
     total = sum(cost for _, cost in task_groups)
     runs = sum(len(group.specs) for group, _ in task_groups)
     max_runs = max(max_runs, 1)
     most_units = max(len(task_groups) // UNIT_MIN_GROUPS, 1)  # every unit UNIT_MIN_GROUPS groups or more
-    fewest = math.ceil(runs / max_runs)  # fewer units cannot keep within max_runs
     k = max(math.ceil(total / most - 1e-9) if most > 0 else 1, min(workers, math.floor(total / SPLIT_MIN_SECONDS)), 1)
-    k = min(max(k, fewest), most_units)
-    sizes = [len(group.specs) for group, _ in task_groups]
-    if len(sizes) == 1:
+    k = min(max(k, math.ceil(runs / max_runs)), most_units)  # fewer units cannot keep within max_runs
+    if len(task_groups) == 1:
         return [Unit([task_groups[0][0]], total)]  # a group is never split
-    # the workers' k first, then every other k that could keep the units within max_runs, so
-    # that whether the greedy cut below is needed depends on the groups and the cap alone (the
-    # greedy cut straight away where two neighbouring groups together exceed the cap: groups
-    # near the cap's size, which the cap keeps apart whatever the workers)
-    pairs_fit = all(a + b <= max_runs for a, b in zip(sizes, sizes[1:]))
-    for count in ([k] + [c for c in range(fewest, most_units + 1) if c != k]) if pairs_fit else []:
-        units = _cut_by_cost(task_groups, count)
-        if all(len(unit.specs()) <= max_runs for unit in units):
-            return units
+    units = _cut_by_cost(task_groups, k)
+    if all(len(unit.specs()) <= max_runs for unit in units):
+        return units  # every unit of UNIT_MIN_GROUPS groups or more (k <= most_units)
+    # the cap binds: a cut that depends on the groups and the cap alone, never on the workers
     return _cut_by_runs(task_groups, max_runs)
 
 
@@ -182,8 +175,31 @@ def _cut_by_cost(task_groups: list[tuple[Group, float]], k: int) -> list[Unit]:
 
 
 def _cut_by_runs(task_groups: list[tuple[Group, float]], max_runs: int) -> list[Unit]:
-    """The groups, in order, as units of at most `max_runs` runs (a group is never split)."""
-    return _cut(task_groups, lambda i, current, *_: sum(len(g.specs) for g in current) + len(task_groups[i][0].specs) > max_runs)
+    """The groups, in order, as units of at most `max_runs` runs (a group above it alone: a
+    group is never split), with the fewest units of one group, then the fewest units: a
+    group stands alone only where no cut within the cap can pair it (then in every cut).
+    Exact (dynamic programming over where the units end), in time linear in the groups
+    times the groups a unit can hold."""
+    sizes = [len(group.specs) for group, _ in task_groups]
+    prefix = [0]
+    for size in sizes:
+        prefix.append(prefix[-1] + size)
+    n = len(sizes)
+    best: list[tuple[int, int]] = [(0, 0)] + [(n + 1, n + 1)] * n  # (lone groups, units) of the first i
+    start = [0] * (n + 1)  # where the last unit of the best cut of the first i groups begins
+    for i in range(1, n + 1):
+        j = i - 1
+        while j >= 0 and (j == i - 1 or prefix[i] - prefix[j] <= max_runs):
+            lone, count = best[j]
+            score = (lone + (j == i - 1), count + 1)
+            if score < best[i]:
+                best[i], start[i] = score, j
+            j -= 1
+    bounds, i = [], n
+    while i > 0:
+        bounds.append((start[i], i))
+        i = start[i]
+    return [Unit([g for g, _ in task_groups[a:b]], sum(c for _, c in task_groups[a:b])) for a, b in reversed(bounds)]
 
 
 def run_unit(unit: Unit, options: RunOptions) -> list[RunResult]:

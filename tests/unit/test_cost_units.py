@@ -338,3 +338,30 @@ def test_which_groups_stand_alone_under_the_run_cap_does_not_depend_on_the_worke
     most = cap // strategies  # groups a unit can hold
     if most >= 2 and math.ceil(seeds / most) <= seeds // 2:  # a cut into units of 2 to `most` groups exists
         assert alone[1] == [], alone
+
+
+@pytest.mark.parametrize(("sizes", "cap", "costs"), [
+    ([3, 3, 3, 3], 9, [0.32, 4.67, 6.53, 6.96]),  # the review's cases: the greedy cut gave 3 + 1 groups
+    ([1, 2, 5, 1, 4, 2, 4], 9, None),
+])
+def test_under_the_run_cap_a_group_stands_alone_only_where_no_cut_pairs_it(sizes, cap, costs):
+    task = small_task()
+    pool = [Scratch(), Full(), Full(freeze=True)] * 2
+    specs = [RunSpec(task, pool[i], seed) for seed, size in enumerate(sizes) for i in range(size)]
+    groups = group_specs(specs)
+    assert [len(g.specs) for g in groups] == sizes
+    costs = costs or [1.0] * len(sizes)
+    for workers in (1, 2, 4):
+        units = make_units(groups, RunOptions(max_batch_runs=cap), costs=Fixed({(task.key, s): c for s, c in enumerate(costs)}), workers=workers)
+        assert all(len(unit.specs()) <= cap and len(unit.groups) >= 2 for unit in units), [len(u.groups) for u in units]
+        assert sorted(g.seed for unit in units for g in unit.groups) == list(range(len(sizes)))
+
+
+def test_the_run_cap_cut_of_thousands_of_groups_pairs_every_group():
+    """8000 seeds of 3 runs under a cap of 8: units of two groups each (an earlier cut that
+    tried every unit count took 10 s here, quadratic; this one is linear)."""
+    task = small_task()
+    groups = group_specs(specs_for(task, range(8000), (Scratch(), Full(), Full(freeze=True))))
+    units = make_units(groups, RunOptions(max_batch_runs=8), costs=Fixed({(task.key, s): 0.01 for s in range(8000)}), workers=2)
+    assert sorted(g.seed for unit in units for g in unit.groups) == list(range(8000))
+    assert all(len(unit.specs()) <= 8 and len(unit.groups) == 2 for unit in units)
