@@ -133,8 +133,6 @@ def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int, wo
     most_units = max(len(task_groups) // UNIT_MIN_GROUPS, 1)  # every unit UNIT_MIN_GROUPS groups or more
     k = max(math.ceil(total / most - 1e-9) if most > 0 else 1, min(workers, math.floor(total / SPLIT_MIN_SECONDS)), 1)
     k = min(max(k, math.ceil(runs / max_runs)), most_units)  # fewer units cannot keep within max_runs
-    if len(task_groups) == 1:
-        return [Unit([task_groups[0][0]], total)]  # a group is never split
     units = _cut_by_cost(task_groups, k)
     if all(len(unit.specs()) <= max_runs for unit in units):
         return units  # every unit of UNIT_MIN_GROUPS groups or more (k <= most_units)
@@ -142,14 +140,19 @@ def _pack(task_groups: list[tuple[Group, float]], most: float, max_runs: int, wo
     return _cut_by_runs(task_groups, max_runs)
 
 
-def _cut(task_groups: list[tuple[Group, float]], cut_before) -> list[Unit]:
-    """The groups, in order, as units, a new one begun before group i wherever
-    `cut_before(i, current groups, their cost, units so far, cost of those)` says so."""
+def _cut_by_cost(task_groups: list[tuple[Group, float]], k: int) -> list[Unit]:
+    """The groups, in order, as at most k units of about equal cost, none of fewer than
+    UNIT_MIN_GROUPS groups where the groups allow."""
+    share = sum(cost for _, cost in task_groups) / k
     units: list[Unit] = []
     current: list[Group] = []
     cost = done = 0.0  # the current unit's cost; the cost of the units before it
     for i, (group, group_cost) in enumerate(task_groups):
-        if current and cut_before(i, current, cost, len(units), done):
+        # cut where this group's middle would cross the next multiple of the share, unless that
+        # would leave a unit (this one, or the rest) of fewer than UNIT_MIN_GROUPS groups
+        past_share = done + cost + group_cost / 2 > share * (len(units) + 1) and len(units) < k - 1
+        enough = len(current) >= UNIT_MIN_GROUPS and len(task_groups) - i >= UNIT_MIN_GROUPS
+        if current and past_share and enough:
             units.append(Unit(current, cost))
             done += cost
             current, cost = [], 0.0
@@ -158,20 +161,6 @@ def _cut(task_groups: list[tuple[Group, float]], cut_before) -> list[Unit]:
     if current:
         units.append(Unit(current, cost))
     return units
-
-
-def _cut_by_cost(task_groups: list[tuple[Group, float]], k: int) -> list[Unit]:
-    """The groups, in order, as at most k units of about equal cost, none of fewer than
-    UNIT_MIN_GROUPS groups where the groups allow: cut where a group's middle would cross the
-    next multiple of the share, unless that would leave a unit (this one, or the rest) of
-    fewer than UNIT_MIN_GROUPS groups."""
-    share = sum(cost for _, cost in task_groups) / k
-
-    def cut_before(i: int, current: list[Group], cost: float, made: int, done: float) -> bool:
-        past_share = done + cost + task_groups[i][1] / 2 > share * (made + 1) and made < k - 1
-        return past_share and len(current) >= UNIT_MIN_GROUPS and len(task_groups) - i >= UNIT_MIN_GROUPS
-
-    return _cut(task_groups, cut_before)
 
 
 def _cut_by_runs(task_groups: list[tuple[Group, float]], max_runs: int) -> list[Unit]:
