@@ -61,6 +61,10 @@ class PatchSplit(Split):
     def _build(self) -> torch.Tensor:
         return self.basis()[self.index] * self.coef[..., None]
 
+    def transient(self) -> "PatchSplit":
+        """The values for one pass (a `DeferredPatchSplit` draws them without keeping them)."""
+        return self
+
     def consistent(self) -> bool:
         """Whether the factors still say what `x` says (nobody wrote into `x`)."""
         return self._dense is None or torch.equal(self._dense, self._build())
@@ -88,3 +92,66 @@ class PatchSplit(Split):
         pos.index_put_((rows, cols), values.clamp(min=0), accumulate=True)
         neg.index_put_((rows, cols), (-values).clamp(min=0), accumulate=True)
         return pos, neg
+
+
+class DeferredPatchSplit(PatchSplit):
+    """A PatchSplit drawn when first read: `draw()` gives its values, the same each time
+    (it draws from a generator derived from (seed, role) afresh). Why: a sweep's worker
+    prepares every seed's data before one program trains them all, and the test splits are
+    read only afterwards, to measure accuracy; held from the start, 32 seeds' test noise is
+    280 MB of memory touched for the first time, and on this project's machines a first
+    touch costs about 10 us a page (0.7-1 s of a 64-seed sweep's 3 s per worker). Drawn at
+    evaluation instead (`transient`) and freed after, one seed's buffers serve the next.
+
+    Reading any factor (or `x`) draws the split and keeps it, as a PatchSplit would have it
+    from the start: whoever reads or edits the values sees them stay. Its length is known
+    without a draw."""
+
+    FACTORS = ("shared", "own", "index", "coef", "y")
+
+    def __init__(self, n: int, draw):
+        self._n, self._draw, self._dense = int(n), draw, None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getattr__(self, name: str):
+        if name not in DeferredPatchSplit.FACTORS:
+            raise AttributeError(name)
+        drawn = self._drawn()
+        for key in DeferredPatchSplit.FACTORS:
+            setattr(self, key, getattr(drawn, key))
+        return getattr(self, name)
+
+    def _drawn(self) -> PatchSplit:
+        split = self._draw()
+        if len(split.y) != self._n:
+            raise ValueError(f"DeferredPatchSplit: the draw gave {len(split.y)} examples, not the {self._n} announced")
+        return split
+
+    @property
+    def drawn(self) -> bool:
+        """Whether the values are held (something read them)."""
+        return "y" in self.__dict__
+
+    def transient(self) -> PatchSplit:
+        """The values for one pass, not kept: a fresh draw unless something already read
+        them (then those, edits included)."""
+        return self if self.drawn else self._drawn()
+
+    def to(self, device: str | torch.device) -> PatchSplit:
+        if self.drawn:
+            return super().to(device)
+        if torch.device(device) == torch.device("cpu"):
+            return self
+        return DeferredPatchSplit(self._n, _Moved(self._draw, device))
+
+
+class _Moved:
+    """A draw, then a move to a device (picklable, unlike a lambda)."""
+
+    def __init__(self, draw, device):
+        self.draw, self.device = draw, device
+
+    def __call__(self) -> PatchSplit:
+        return self.draw().to(self.device)

@@ -788,7 +788,7 @@ class TwoLayerCNNEngine(BatchedEngine):
         out = [0.0] * len(models)
         with torch_threads(self.threads):
             for members in groups.values():
-                split = PatchSplit.from_dense(splits[members[0]])
+                split = PatchSplit.from_dense(splits[members[0]]).transient()  # a deferred test split: drawn, used, freed
                 for i, acc in zip(members, self._accuracy([models[i] for i in members], split)):
                     out[i] = acc
         return out

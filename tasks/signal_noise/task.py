@@ -49,7 +49,7 @@ import torch
 from ptbench.api import Task, TaskData, TrainBudget, TransferPlan
 from ptbench.rng import RandomStreams
 
-from .data import PatchSplit
+from .data import DeferredPatchSplit, PatchSplit
 from .diagnostics import signal_noise_diagnostics
 from .engine import TwoLayerCNNEngine
 from .model import TwoLayerReLUCNN
@@ -172,7 +172,7 @@ class SignalNoise(Task):
         dirs = self.directions(streams)
         side = self.side(role)
         train, position = self.sample(side["n"], role, dirs, streams.torch(f"{role}-train"), self.label_flip)
-        test, _ = self.sample(self.n_test, role, dirs, streams.torch(f"{role}-test"), 0.0)
+        test = DeferredPatchSplit(self.n_test, _TestDraw(self, role, dirs, streams))
         return TaskData(train, test, extras={"directions": dirs, "signal_position": position, "v_index": side["v"]})
 
     # -- model and budget -----------------------------------------------------------------
@@ -206,3 +206,14 @@ class SignalNoise(Task):
     def trace_every(self) -> int:
         """`trace` > 0 records the diagnostics every `trace` steps, for trajectory plots."""
         return self.trace
+
+
+class _TestDraw:
+    """The test split of `role`, drawn when it is first needed (`DeferredPatchSplit`): from the
+    generator of (seed, f"{role}-test"), so the same numbers whenever it is drawn."""
+
+    def __init__(self, task: SignalNoise, role: str, dirs: torch.Tensor, streams: RandomStreams):
+        self.task, self.role, self.dirs, self.streams = task, role, dirs, streams
+
+    def __call__(self) -> PatchSplit:
+        return self.task.sample(self.task.n_test, self.role, self.dirs, self.streams.torch(f"{self.role}-test"), 0.0)[0]
