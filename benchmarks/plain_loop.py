@@ -5,10 +5,13 @@ Per seed: draw the target data (and the source data, and train the source model,
 strategy inherits from it), then per strategy build the target model, copy and freeze under
 the plan, train with autograd (full-batch GD on the logistic loss, masked gradients) and
 evaluate on the test split. Same data code and models as ptbench (so the same numbers up to
-float rounding), no store, no diagnostics, one torch thread (as ptbench's workers).
+float rounding), no store, no diagnostics. Threads: torch's default (one per core), as a plain
+script runs and as ptbench's workers use the machine (one process per core); `--threads 1`
+is the one-thread loop that earlier rounds measured against (it uses one core of the two, and
+is 1.3-1.6x slower here: a harsher baseline for nobody but ptbench's benefit).
 
     python benchmarks/plain_loop.py --seeds 64 --strategies scratch
-    python benchmarks/plain_loop.py --seeds 8 --strategies reference
+    python benchmarks/plain_loop.py --seeds 8 --strategies reference [--threads 1]
 """
 
 from __future__ import annotations
@@ -72,8 +75,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--strategies", choices=["scratch", "reference"], default="reference")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own, one per core)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     chosen = [Scratch()] if args.strategies == "scratch" else strategies()
     accs = run(args.seeds, chosen)
     print(json.dumps({"runs": len(accs), "mean_target_acc": round(sum(accs) / len(accs), 4), "seconds": round(time.perf_counter() - START, 2)}))

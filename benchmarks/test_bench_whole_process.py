@@ -12,6 +12,9 @@ Lines (each one round: whole processes are long and the machine is the measureme
   source model either: scratch needs none);
 - the reference sweep, 8 seeds x 8 strategies with source training: ptbench against the
   plain loop, whole process and without start-up (each minus the `import torch` floor);
+- each plain loop twice: with torch's default threads (one per core: what a plain script
+  does, and the machine ptbench's workers use, so the ratios of the goals), and with one
+  thread (the baseline of earlier rounds, kept for comparison: it leaves a core idle);
 - the quick and images suites, `python -m ptbench run [--suite images]`.
 With PTBENCH_BENCH_BEFORE, the same ptbench commands also run under that interpreter (an
 environment with the code before a change installed): the before/after of RESULTS.md.
@@ -46,6 +49,8 @@ REFERENCE_STRATEGIES = [
 BEFORE = os.environ.get("PTBENCH_BENCH_BEFORE")
 PYTHONS = {"after": sys.executable, **({"before": BEFORE} if BEFORE else {})}
 REPORT: dict[str, float] = {}
+#: The plain loop's torch threads: its default (one per core) and one.
+PLAIN_THREADS = {"default threads": [], "one thread": ["--threads", "1"]}
 #: The measured processes' environment: a default Python's bytecode handling (see above).
 ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPATH": str(HERE)}
 
@@ -74,13 +79,14 @@ def report_at_end():
 def _ratios() -> None:
     floor = REPORT.get("start-up: python -c 'import torch', s")
     for label in ("scratch x 64 seeds", "reference 8 seeds x 8 strategies"):
-        plain = REPORT.get(f"{label}: plain loop, s")
-        for side in PYTHONS:
-            mine = REPORT.get(f"{label}: ptbench {side}, s")
-            if plain and mine:
-                print(f"  {label}: plain / ptbench {side}, whole process{'':<8} {plain / mine:10.1f}x")
-                if floor and mine > floor:
-                    print(f"  {label}: plain / ptbench {side}, without start-up{'':<5} {(plain - floor) / (mine - floor):10.1f}x")
+        for loop in PLAIN_THREADS:
+            plain = REPORT.get(f"{label}: plain loop, {loop}, s")
+            for side in PYTHONS:
+                mine = REPORT.get(f"{label}: ptbench {side}, s")
+                if plain and mine:
+                    print(f"  {label}: plain ({loop}) / ptbench {side}, whole process{'':<2} {plain / mine:8.1f}x")
+                    if floor and mine > floor:
+                        print(f"  {label}: plain ({loop}) / ptbench {side}, without start-up {(plain - floor) / (mine - floor):8.1f}x")
 
 
 def _timed(cmd: list[str], cwd: Path) -> float:
@@ -131,9 +137,10 @@ def test_startup_ptbench_import_cost_on_top_of_torch(benchmark, tmp_path):
     REPORT["start-up: ptbench's imports on top of torch, s"] = _once(benchmark, lambda: measure(ENV))
 
 
-def test_scratch_64_seeds_plain_loop(benchmark, tmp_path):
-    cmd = [sys.executable, str(HERE / "plain_loop.py"), "--seeds", "64", "--strategies", "scratch"]
-    REPORT["scratch x 64 seeds: plain loop, s"] = _once(benchmark, lambda: _timed(cmd, tmp_path))
+@pytest.mark.parametrize("loop", list(PLAIN_THREADS))
+def test_scratch_64_seeds_plain_loop(benchmark, tmp_path, loop):
+    cmd = [sys.executable, str(HERE / "plain_loop.py"), "--seeds", "64", "--strategies", "scratch", *PLAIN_THREADS[loop]]
+    REPORT[f"scratch x 64 seeds: plain loop, {loop}, s"] = _once(benchmark, lambda: _timed(cmd, tmp_path))
 
 
 @pytest.mark.parametrize("side", list(PYTHONS))
@@ -142,9 +149,10 @@ def test_scratch_64_seeds_ptbench(benchmark, tmp_path, side):
     REPORT[f"scratch x 64 seeds: ptbench {side}, s"] = _once(benchmark, lambda: _timed(cmd, tmp_path))
 
 
-def test_reference_plain_loop(benchmark, tmp_path):
-    cmd = [sys.executable, str(HERE / "plain_loop.py"), "--seeds", "8", "--strategies", "reference"]
-    REPORT["reference 8 seeds x 8 strategies: plain loop, s"] = _once(benchmark, lambda: _timed(cmd, tmp_path))
+@pytest.mark.parametrize("loop", list(PLAIN_THREADS))
+def test_reference_plain_loop(benchmark, tmp_path, loop):
+    cmd = [sys.executable, str(HERE / "plain_loop.py"), "--seeds", "8", "--strategies", "reference", *PLAIN_THREADS[loop]]
+    REPORT[f"reference 8 seeds x 8 strategies: plain loop, {loop}, s"] = _once(benchmark, lambda: _timed(cmd, tmp_path))
 
 
 @pytest.mark.parametrize("side", list(PYTHONS))

@@ -165,7 +165,7 @@ def _outputs_libraries(html: bool) -> None:
 
 
 def _run(args, suite, registry, specs, labels, where, options, executor, adhoc: bool, report: bool) -> int:
-    from ptbench.results.store import Store
+    from ptbench.results.store import Store, provenance
     from ptbench.sweep.execute import while_waiting
     from ptbench.sweep.sweep import SweepInterrupted, run_sweep
 
@@ -173,7 +173,7 @@ def _run(args, suite, registry, specs, labels, where, options, executor, adhoc: 
     store = Store(where.store)
     try:
         try:
-            with nullcontext() if args.no_leaderboard else while_waiting(lambda: _outputs_libraries(html)):
+            with while_waiting(provenance), nullcontext() if args.no_leaderboard else while_waiting(lambda: _outputs_libraries(html)):
                 done = run_sweep(specs, store, options, args.force, args.retry_failed, progress=not args.quiet,
                                  executor=_LoggingExecutor(executor), preflight=args.executor == "local")
         except SweepInterrupted as stop:  # every run that finished is already committed

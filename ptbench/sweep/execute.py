@@ -260,11 +260,17 @@ class _Worker:
 
     def kill(self) -> None:
         """SIGKILL the worker's process group (it and whatever it started), then reap it."""
+        self.signal_kill()
+        self.reap()
+
+    def signal_kill(self) -> None:
         for kill in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), self.proc.kill):
             try:
                 kill()
             except (ProcessLookupError, PermissionError, OSError):
                 pass
+
+    def reap(self) -> None:
         self.proc.join(10)
         self.conn.close()
 
@@ -330,8 +336,12 @@ class _Pool:
         return out, bool(self.queue) or any(w.job is not None for w in self.workers)
 
     def close(self) -> None:
+        """Kill every worker, then reap them: the kernel frees each one's memory as it dies
+        (some 25 ms for a worker that held a batched program), all at once instead of in turn."""
         for worker in self.workers:
-            worker.kill()
+            worker.signal_kill()
+        for worker in self.workers:
+            worker.reap()
         self.workers = []
 
     # -- the steps --------------------------------------------------------------------------
