@@ -38,11 +38,16 @@ def train_donors(engine: BatchedEngine, donor: str, missing: list[tuple[GroupSta
             state.fail("failed", f"source model: {error_text(err)}")
         return [None] * len(missing)
     seconds = (time.perf_counter() - start) / len(missing)
-    accs = engine.accuracy([model for _, model, _ in missing], [data.test for _, _, data in missing], budget.loss)
+    accs = test_accuracies(engine, [model for _, model, _ in missing], [data.test for _, _, data in missing],
+                           [state for state, _, _ in missing], budget.loss)
     out: list[Trained | None] = []
     for (state, model, data), outcome, acc in zip(missing, outcomes, accs):
         if outcome.status != "ok":
             state.fail(outcome.status, f"source model: Diverged: {outcome.error}")
+            out.append(None)
+            continue
+        if isinstance(acc, BaseException):
+            state.fail("failed", f"source model: test data: {error_text(acc)}")
             out.append(None)
             continue
         try:
@@ -51,6 +56,32 @@ def train_donors(engine: BatchedEngine, donor: str, missing: list[tuple[GroupSta
             exits.reraise_users(err)
             state.fail("failed", f"source model: {error_text(err)}")
             out.append(None)
+    return out
+
+
+def test_accuracies(engine: BatchedEngine, models: list, splits: list, states: list[GroupState], loss: str) -> list:
+    """Test accuracy per model, or the error that kept its group from having one. A task may
+    draw its test split only when it is first read (signal-noise does: `DeferredPatchSplit`),
+    so an error in that draw surfaces here, in one program of many groups; it fails that
+    group's runs, as an error in drawing a group's data always did, not the whole program.
+    All at once first (the numbers the engine always gave); only after an error, group by
+    group, to find whose."""
+    try:
+        return engine.accuracy(models, splits, loss)
+    except BaseException as err:
+        exits.reraise_users(err)
+    out: list = [None] * len(models)
+    members: dict[int, list[int]] = {}
+    for i, state in enumerate(states):
+        members.setdefault(id(state), []).append(i)
+    for group in members.values():
+        try:
+            accs = engine.accuracy([models[i] for i in group], [splits[i] for i in group], loss)
+        except BaseException as err:
+            exits.reraise_users(err)
+            accs = [err] * len(group)
+        for i, acc in zip(group, accs):
+            out[i] = acc
     return out
 
 
@@ -84,12 +115,15 @@ def train_runs(engine: BatchedEngine, runs: list[PlannedRun], options) -> list[R
         ]
     seconds = (time.perf_counter() - started) / len(runs)
     models = [run.target for run in runs]
-    test = engine.accuracy(models, [run.state.target_data.test for run in runs], budget.loss)
+    test = test_accuracies(engine, models, [run.state.target_data.test for run in runs], [run.state for run in runs], budget.loss)
     train_acc = engine.accuracy(models, [run.state.target_data.train for run in runs], budget.loss)
     results = []
     for run, outcome, common, acc, tacc in zip(runs, outcomes, commons, test, train_acc):
         if outcome.status != "ok":
             results.append(RunResult.for_spec(run.spec, status=outcome.status, error=outcome.error, **common))
+            continue
+        if isinstance(acc, BaseException):
+            results.append(RunResult.for_spec(run.spec, status="failed", error=f"test data: {error_text(acc)}", **common))
             continue
         try:
             diagnostics = diagnostics_of(run.state, run, [])

@@ -95,8 +95,8 @@ class PatchSplit(Split):
 
 
 class DeferredPatchSplit(PatchSplit):
-    """A PatchSplit drawn when first read: `draw()` gives its values, the same each time
-    (it draws from a generator derived from (seed, role) afresh). Why: a sweep's worker
+    """A PatchSplit drawn when first read: its draw function gives its values, the same each
+    time (it draws from a generator derived from (seed, role) afresh). Why: a sweep's worker
     prepares every seed's data before one program trains them all, and the test splits are
     read only afterwards, to measure accuracy; held from the start, 32 seeds' test noise is
     280 MB of memory touched for the first time, and on this project's machines a first
@@ -104,8 +104,8 @@ class DeferredPatchSplit(PatchSplit):
     evaluation instead (`transient`) and freed after, one seed's buffers serve the next.
 
     Reading any factor (or `x`) draws the split and keeps it, as a PatchSplit would have it
-    from the start: whoever reads or edits the values sees them stay. Its length is known
-    without a draw."""
+    from the start: whoever reads or edits the values sees them stay, and a factor assigned
+    before any read is kept when the others are drawn. Its length is known without a draw."""
 
     FACTORS = ("shared", "own", "index", "coef", "y")
 
@@ -113,30 +113,36 @@ class DeferredPatchSplit(PatchSplit):
         self._n, self._draw, self._dense = int(n), draw, None
 
     def __len__(self) -> int:
-        return self._n
+        return len(self.__dict__["y"]) if "y" in self.__dict__ else self._n
 
     def __getattr__(self, name: str):
+        # only for attributes not set yet; anything but a factor is a plain AttributeError
+        # (also while unpickling or copying, before __init__'s attributes exist)
         if name not in DeferredPatchSplit.FACTORS:
             raise AttributeError(name)
         drawn = self._drawn()
         for key in DeferredPatchSplit.FACTORS:
-            setattr(self, key, getattr(drawn, key))
-        return getattr(self, name)
+            if key not in self.__dict__:
+                setattr(self, key, getattr(drawn, key))
+        return self.__dict__[name]
 
     def _drawn(self) -> PatchSplit:
-        split = self._draw()
+        try:
+            split = self._draw()
+        except AttributeError as err:  # would read as "no attribute 'own'" through __getattr__
+            raise RuntimeError(f"drawing the test split failed: {type(err).__name__}: {err}") from err
         if len(split.y) != self._n:
             raise ValueError(f"DeferredPatchSplit: the draw gave {len(split.y)} examples, not the {self._n} announced")
         return split
 
     @property
     def drawn(self) -> bool:
-        """Whether the values are held (something read them)."""
-        return "y" in self.__dict__
+        """Whether values are held (something read or set them)."""
+        return any(key in self.__dict__ for key in DeferredPatchSplit.FACTORS)
 
     def transient(self) -> PatchSplit:
-        """The values for one pass, not kept: a fresh draw unless something already read
-        them (then those, edits included)."""
+        """The values for one pass, not kept: a fresh draw unless something already read or
+        set them (then those, edits included)."""
         return self if self.drawn else self._drawn()
 
     def to(self, device: str | torch.device) -> PatchSplit:

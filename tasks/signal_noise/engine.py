@@ -791,6 +791,7 @@ class TwoLayerCNNEngine(BatchedEngine):
                 split = PatchSplit.from_dense(splits[members[0]]).transient()  # a deferred test split: drawn, used, freed
                 for i, acc in zip(members, self._accuracy([models[i] for i in members], split)):
                     out[i] = acc
+                del split  # before the next draw: one seed's test noise in memory at a time
         return out
 
     def _accuracy(self, models: list[TransferModel], split: PatchSplit) -> list[float]:

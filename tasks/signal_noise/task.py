@@ -210,10 +210,12 @@ class SignalNoise(Task):
 
 class _TestDraw:
     """The test split of `role`, drawn when it is first needed (`DeferredPatchSplit`): from the
-    generator of (seed, f"{role}-test"), so the same numbers whenever it is drawn."""
+    generator of (seed, f"{role}-test"), so the same numbers whenever it is drawn. It keeps
+    its own copy of the directions (3 x d numbers): the data's extras hand the same tensor to
+    strategies and diagnostics, and an edit there must not reach a test set drawn later."""
 
     def __init__(self, task: SignalNoise, role: str, dirs: torch.Tensor, streams: RandomStreams):
-        self.task, self.role, self.dirs, self.streams = task, role, dirs, streams
+        self.task, self.role, self.dirs, self.streams = task, role, dirs.clone(), streams
 
     def __call__(self) -> PatchSplit:
         return self.task.sample(self.task.n_test, self.role, self.dirs, self.streams.torch(f"{self.role}-test"), 0.0)[0]

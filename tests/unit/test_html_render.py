@@ -172,6 +172,21 @@ def test_run_pages_are_linked_both_ways(site):
     assert all((out / "runs" / h).is_file() for h in first.values("href") if not h.startswith("../"))
 
 
+def test_a_run_page_lists_its_seeds_own_in_bold_others_linked_failures_noted(site):
+    runs, out, index = site
+    from ptbench.results.html.site import safe_id
+
+    def page_of(seed: int) -> str:
+        row = runs[(runs["task"] == "signal-noise[d=200]") & (runs["strategy"] == "full") & (runs["seed"] == seed)].iloc[0]
+        return f"{safe_id(row['task'], row['strategy'], row['seed'], row['key'])}.html"
+
+    text = (out / "runs" / page_of(0)).read_text()
+    line = re.search(r"Seeds of this strategy on this task:\n(.*)</p>", text).group(1)
+    assert line == f'<strong>0</strong>, <a href="{page_of(1)}">1</a>, <a href="{page_of(2)}">2</a> (failed)'
+    failed = (out / "runs" / page_of(2)).read_text()
+    assert f'<a href="{page_of(0)}">0</a>, <a href="{page_of(1)}">1</a>, <strong>2</strong> (failed)</p>' in failed
+
+
 def test_task_tables_carry_the_markdown_leaderboard_numbers(site):
     runs, _, index = site
     text = index.read_text()
