@@ -1,5 +1,5 @@
 """`python -m ptbench`: the command line, ended without the interpreter's teardown (`exit_now`)."""
 
-from .cli import exit_now, main
+from .cli import console
 
-exit_now(main())
+console()

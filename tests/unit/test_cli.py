@@ -62,6 +62,24 @@ def test_the_fast_exit_still_runs_atexit_handlers_flushes_output_and_lets_a_prof
     assert profile.stat().st_size > 0
 
 
+def test_the_installed_command_ends_as_python_m_ptbench_does(tmp_path):
+    """The console script's function (`ptbench.cli:console`, pyproject's [project.scripts])
+    is `python -m ptbench`'s: the command's output, its status, no teardown (see above)."""
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    script = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]["ptbench"]
+    assert script == "ptbench.cli:console"
+    code = "import sys; sys.argv = ['ptbench', 'list', 'suites']; from ptbench.cli import console; console()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "quick" in proc.stdout
+    proc = subprocess.run([sys.executable, "-c", code.replace("'list', 'suites'", "'run', '--seeds', '0'")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("ptbench: error:"), proc.stderr
+
+
 def test_bad_suite_file_in_a_real_process(cli_subprocess, tmp_path):
     (tmp_path / "broken.toml").write_text('seeds = 2\ntasks = ["signal-noise"\n')
     res = cli_subprocess("run", "--suite", "broken.toml", "--store", "s.db", "--no-leaderboard")
