@@ -38,7 +38,7 @@ def train_donors(engine: BatchedEngine, donor: str, missing: list[tuple[GroupSta
             state.fail("failed", f"source model: {error_text(err)}")
         return [None] * len(missing)
     seconds = (time.perf_counter() - start) / len(missing)
-    accs = test_accuracies(engine, [model for _, model, _ in missing], [data.test for _, _, data in missing],
+    accs = held_out_accuracies(engine, [model for _, model, _ in missing], [data.test for _, _, data in missing],
                            [state for state, _, _ in missing], budget.loss)
     out: list[Trained | None] = []
     for (state, model, data), outcome, acc in zip(missing, outcomes, accs):
@@ -59,7 +59,7 @@ def train_donors(engine: BatchedEngine, donor: str, missing: list[tuple[GroupSta
     return out
 
 
-def test_accuracies(engine: BatchedEngine, models: list, splits: list, states: list[GroupState], loss: str) -> list:
+def held_out_accuracies(engine: BatchedEngine, models: list, splits: list, states: list[GroupState], loss: str) -> list:
     """Test accuracy per model, or the error that kept its group from having one. A task may
     draw its test split only when it is first read (signal-noise does: `DeferredPatchSplit`),
     so an error in that draw surfaces here, in one program of many groups; it fails that
@@ -115,7 +115,7 @@ def train_runs(engine: BatchedEngine, runs: list[PlannedRun], options) -> list[R
         ]
     seconds = (time.perf_counter() - started) / len(runs)
     models = [run.target for run in runs]
-    test = test_accuracies(engine, models, [run.state.target_data.test for run in runs], [run.state for run in runs], budget.loss)
+    test = held_out_accuracies(engine, models, [run.state.target_data.test for run in runs], [run.state for run in runs], budget.loss)
     train_acc = engine.accuracy(models, [run.state.target_data.train for run in runs], budget.loss)
     results = []
     for run, outcome, common, acc, tacc in zip(runs, outcomes, commons, test, train_acc):
