@@ -62,6 +62,7 @@ def test_the_fast_exit_still_runs_atexit_handlers_flushes_output_and_lets_a_prof
     assert profile.stat().st_size > 0
 
 
+@pytest.mark.slow  # two real processes: ~2 s
 def test_the_installed_command_ends_as_python_m_ptbench_does(tmp_path):
     """The console script's function (`ptbench.cli:console`, pyproject's [project.scripts])
     is `python -m ptbench`'s: the command's output, its status, no teardown (see above)."""
